@@ -1,0 +1,34 @@
+# Set-up is one command per job; each creates/refreshes .venv and installs jaxar first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+JOBS ?= 2
+
+.PHONY: venv test demo bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check jaxar experiments tests bench
+	$(PY) -m pytest -n $(JOBS) --dist loadfile -q tests
+
+demo: $(STAMP)
+	$(PY) experiments/demo.py --workdir runs/demo
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check jaxar experiments tests bench
+	$(PY) -m ruff format --check jaxar experiments tests bench
+
+clean:
+	rm -rf runs .pytest_cache
