@@ -1,0 +1,66 @@
+"""What every experiment script shares: config loading, overrides and process set-up.
+
+``--config path/to/config.py[:ARG]`` loads ``get_config(ARG)`` from the file (ml_collections);
+``--set key.sub=value`` overrides single fields (values parsed as Python literals when they
+parse, strings otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import os
+from typing import Any
+
+import ml_collections
+
+from jaxar.distributed import add_distributed_flags, initialize_from_flags
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """``"file.py"`` or ``"file.py:arg"`` -> ``get_config(arg)`` of that file."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location("_jaxar_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path} defines no get_config()")
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
+    """Applies ``key.sub=value`` strings in place; unknown keys raise a KeyError."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(f"override {key!r}: no such config field")
+        node[leaf] = _literal(value)
+    return config
+
+
+def setup(parser: argparse.ArgumentParser, argv=None):
+    """Adds the shared flags, parses, initialises multi-host JAX; -> (config, args)."""
+    parser.add_argument("--config", required=True, help="config file, optionally :ARG")
+    parser.add_argument("--workdir", required=True, help="checkpoints, logs and outputs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_distributed_flags(parser)
+    args = parser.parse_args(argv)
+    initialize_from_flags(args)
+    config = apply_overrides(load_config(args.config), args.set)
+    return config, args

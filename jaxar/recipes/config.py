@@ -1,0 +1,55 @@
+"""Turning experiment configs (ml_collections / dicts) into the library's frozen dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from jax.sharding import Mesh
+
+from jaxar.sharding import make_mesh
+from jaxar.train.loop import TrainConfig
+from jaxar.train.optimizer import OptimizerConfig
+
+T = TypeVar("T")
+
+
+def as_dict(config: Any) -> dict[str, Any]:
+    """A plain dict of a ConfigDict / mapping / dataclass (nested values converted too)."""
+    if config is None:
+        return {}
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)
+    if isinstance(config, Mapping):
+        return {k: as_dict(v) if isinstance(v, Mapping) else v for k, v in config.items()}
+    raise TypeError(f"cannot read a config from {type(config).__name__}")
+
+
+def _tupled(value: Any) -> Any:
+    return tuple(_tupled(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def dataclass_from(cls: type[T], values: Any, **extra: Any) -> T:
+    """``cls(**values)`` with lists turned into tuples; unknown keys raise a ValueError."""
+    values = {**as_dict(values), **extra}
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no fields {unknown}; known: {sorted(fields)}")
+    return cls(**{k: _tupled(v) for k, v in values.items()})
+
+
+def train_config_from(config: Any) -> TrainConfig:
+    """``config.train`` (with an ``optimizer`` sub-dict) -> TrainConfig."""
+    train = as_dict(config["train"])
+    optimizer = dataclass_from(OptimizerConfig, train.pop("optimizer"))
+    return dataclass_from(TrainConfig, train, optimizer=optimizer)
+
+
+def mesh_from(config: Any) -> Mesh:
+    """``config.mesh`` = {data, fsdp, tensor} (missing: data=-1, fsdp=1, tensor=1)."""
+    sizes = as_dict(config.get("mesh", None) if hasattr(config, "get") else None)
+    return make_mesh(**{k: int(v) for k, v in sizes.items()})
