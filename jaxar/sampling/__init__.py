@@ -1,0 +1,1 @@
+"""Samplers: logits.py (sampling rules), autoregressive.py (prefill + lax.scan, KV cache), ..."""

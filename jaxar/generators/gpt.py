@@ -1,0 +1,381 @@
+"""LlamaGen GPT: a LLaMA-style decoder over image-token grids, class (c2i) or caption (t2i)
+conditioned, with 2D RoPE, SwiGLU, RMSNorm, a CFG null class and a functional KV cache.
+
+Sequence layout: ``[prefix (cls_token_num tokens), codes[0], ..., codes[L-2]]``; the output at
+position ``cls_token_num - 1 + t`` predicts ``codes[t]`` (teacher forcing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxar.layers.attention import KVCache, init_kv_cache
+from jaxar.layers.mlp import dense_init, ffn_hidden_dim
+from jaxar.layers.norms import RMSNorm
+from jaxar.layers.rope import PREFIX_MODES, gather_rope, rope_table_2d
+from jaxar.layers.transformer import TransformerBlock
+from jaxar.train.task import Task
+
+MODEL_TYPES = ("c2i", "t2i")
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    """LlamaGen ``ModelArgs`` (names follow jaxar; LlamaGen's in comments)."""
+
+    vocab_size: int = 16384  # codebook size
+    num_layers: int = 12  # n_layer
+    dim: int = 768
+    num_heads: int = 12  # n_head
+    num_kv_heads: int | None = None  # n_kv_head (GQA); None = num_heads
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    ffn_dim: int | None = None  # explicit SwiGLU width; None = LlamaGen's rule
+    rope_base: float = 10000.0
+    prefix_rope: str = "zero"  # "zero" as released LlamaGen (zeroes prefix q/k) | "identity"
+    norm_eps: float = 1e-5
+    init_std: float = 0.02  # initializer_range
+    num_classes: int = 1000
+    class_dropout_prob: float = 0.1
+    cls_token_num: int = 1
+    caption_dim: int = 2048  # t2i caption feature width
+    block_size: int = 256  # image tokens per sample, a square grid
+    model_type: str = "c2i"
+    token_dropout: float = 0.1  # token_dropout_p
+    resid_dropout: float = 0.1  # resid_dropout_p
+    ffn_dropout: float = 0.1  # ffn_dropout_p
+    attn_dropout: float = 0.0  # attn_dropout_p
+    drop_path: float = 0.0  # drop_path_rate (linearly increasing over layers)
+    dtype: str = "float32"  # compute dtype; params stay float32
+
+    def __post_init__(self):
+        for name in ("vocab_size", "num_layers", "dim", "num_heads", "num_classes", "block_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GPTConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.num_heads % self.kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} not a multiple of num_kv_heads")
+        if self.head_dim % 4:
+            raise ValueError(f"2D RoPE needs head_dim % 4 == 0, got {self.head_dim}")
+        if self.grid_size**2 != self.block_size:
+            raise ValueError(f"block_size {self.block_size} is not a square grid")
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+        if self.model_type == "c2i" and self.cls_token_num != 1:
+            raise ValueError("c2i models use exactly one class token (cls_token_num=1)")
+        if self.prefix_rope not in PREFIX_MODES:
+            raise ValueError(f"prefix_rope must be one of {PREFIX_MODES}")
+        if not 0.0 <= self.class_dropout_prob < 1.0:
+            raise ValueError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def grid_size(self) -> int:
+        return int(round(self.block_size**0.5))
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.ffn_dim is not None:
+            return self.ffn_dim
+        return ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
+
+    @property
+    def cache_len(self) -> int:
+        """KV-cache slots for one image: prefix + block_size."""
+        return self.cls_token_num + self.block_size
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+
+GPT_CONFIGS: dict[str, GPTConfig] = {
+    # class-conditional (LlamaGen c2i)
+    "GPT-B": GPTConfig(num_layers=12, dim=768, num_heads=12),  # 111M
+    "GPT-L": GPTConfig(num_layers=24, dim=1024, num_heads=16),  # 343M
+    "GPT-XL": GPTConfig(num_layers=36, dim=1280, num_heads=20),  # 775M
+    "GPT-XXL": GPTConfig(num_layers=48, dim=1536, num_heads=24),  # 1.4B
+    "GPT-XXXL": GPTConfig(num_layers=48, dim=2560, num_heads=40),  # 3.9B
+    # text-conditional (LlamaGen t2i; 120 caption tokens of flan-t5-xl features)
+    "GPT-1B": GPTConfig(num_layers=22, dim=2048, num_heads=32),
+    "GPT-3B": GPTConfig(num_layers=24, dim=3200, num_heads=32),
+    "GPT-7B": GPTConfig(num_layers=32, dim=4096, num_heads=32),
+    # small models for the bundled digits data and tests (4x4 token grid, 10 classes)
+    "GPT-tiny": GPTConfig(
+        vocab_size=256, num_layers=2, dim=64, num_heads=4, multiple_of=32, num_classes=10,
+        block_size=16, token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0,
+    ),
+}  # fmt: skip
+
+
+def gpt_config(name: str, **overrides: Any) -> GPTConfig:
+    """A named preset with fields replaced, e.g. ``gpt_config("GPT-B", vocab_size=4096)``."""
+    if name not in GPT_CONFIGS:
+        raise ValueError(f"unknown GPT preset {name!r}; known: {sorted(GPT_CONFIGS)}")
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}")
+    return dataclasses.replace(GPT_CONFIGS[name], **overrides)
+
+
+def _concrete(x: Any) -> np.ndarray | None:
+    """Host value of ``x`` or None under tracing."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
+def check_int_input(name: str, x: Any, ndim: int, upper: int) -> None:
+    """ValueError unless ``x`` is an integer array of rank ``ndim`` with values in [0, upper)."""
+    if jnp.ndim(x) != ndim:
+        raise ValueError(f"{name} must have rank {ndim}, got shape {jnp.shape(x)}")
+    if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
+        raise ValueError(f"{name} must be integers, got dtype {jnp.result_type(x)}")
+    host = _concrete(x)
+    if host is not None and host.size and (host.min() < 0 or host.max() >= upper):
+        raise ValueError(f"{name} values must be in [0, {upper}), got [{host.min()}, {host.max()}]")
+
+
+class CaptionEmbedder(nn.Module):
+    """t2i prefix: caption features [B, Lc, C] -> MLP (GELU-tanh) -> [B, Lc, D]; dropped
+    captions are replaced by the fixed ``uncond_embedding`` [Lc, C]."""
+
+    dim: int
+    num_tokens: int
+    caption_dim: int
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, caption: jax.Array, drop: jax.Array | None) -> jax.Array:
+        uncond = self.param(
+            "uncond_embedding",
+            nn.with_logical_partitioning(
+                nn.initializers.normal(self.caption_dim**-0.5), (None, None)
+            ),
+            (self.num_tokens, self.caption_dim),
+        )
+        if drop is not None:  # a fixed buffer in LlamaGen: no gradient
+            uncond = jax.lax.stop_gradient(uncond).astype(caption.dtype)
+            caption = jnp.where(drop[:, None, None], uncond[None], caption)
+
+        def dense(axes, name):
+            init = nn.with_logical_partitioning(dense_init(self.init_std), axes)
+            return nn.Dense(self.dim, use_bias=False, kernel_init=init, name=name)
+
+        hidden = nn.gelu(dense((None, "mlp"), "fc1")(caption), approximate=True)
+        return dense(("mlp", "embed"), "fc2")(hidden)
+
+
+class GPT(nn.Module):
+    """LlamaGen Transformer. Parameter names mirror LlamaGen's state dict.
+
+    ``cond`` is int32 labels [B] (c2i; row ``num_classes`` of the class table is the CFG null
+    class) or float caption features [B, cls_token_num, caption_dim] (t2i).
+    """
+
+    config: GPTConfig
+
+    def setup(self):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        emb_init = dense_init(cfg.init_std)
+        self.tok_embeddings = nn.Embed(
+            cfg.vocab_size,
+            cfg.dim,
+            embedding_init=nn.with_logical_partitioning(emb_init, ("vocab", "embed")),
+            dtype=dtype,
+        )
+        if cfg.model_type == "c2i":
+            self.cls_embedding = nn.Embed(
+                cfg.num_classes + 1,  # + the CFG null class
+                cfg.dim,
+                embedding_init=nn.with_logical_partitioning(emb_init, (None, "embed")),
+                dtype=dtype,
+            )
+        else:
+            self.cls_embedding = CaptionEmbedder(
+                cfg.dim, cfg.cls_token_num, cfg.caption_dim, cfg.init_std
+            )
+        rates = np.linspace(0.0, cfg.drop_path, cfg.num_layers)
+        self.layers = [
+            TransformerBlock(
+                num_heads=cfg.num_heads,
+                ffn_hidden_dim=cfg.hidden_dim,
+                num_kv_heads=cfg.kv_heads,
+                norm_eps=cfg.norm_eps,
+                attn_dropout_rate=cfg.attn_dropout,
+                resid_dropout_rate=cfg.resid_dropout,
+                ffn_dropout_rate=cfg.ffn_dropout,
+                drop_path_rate=float(rates[i]),
+                init_std=cfg.init_std,
+                dtype=dtype,
+            )
+            for i in range(cfg.num_layers)
+        ]
+        self.norm = RMSNorm(cfg.norm_eps)
+        self.output = nn.Dense(
+            cfg.vocab_size,
+            use_bias=False,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "vocab")),
+            dtype=dtype,
+        )
+        self.token_dropout = nn.Dropout(cfg.token_dropout)
+
+    def rope_table(self) -> tuple[jax.Array, jax.Array]:
+        cfg = self.config
+        return rope_table_2d(
+            cfg.grid_size, cfg.head_dim, cfg.rope_base, cfg.cls_token_num, cfg.prefix_rope
+        )
+
+    def embed_condition(
+        self, cond: jax.Array, *, train: bool = False, force_drop: jax.Array | None = None
+    ) -> jax.Array:
+        """Prefix embeddings [B, cls_token_num, D]. In training, each row's condition is
+        replaced by the null class / null caption with prob ``class_dropout_prob``;
+        ``force_drop`` (bool [B]) drops rows explicitly (CFG's unconditional branch)."""
+        cfg = self.config
+        batch = jnp.shape(cond)[0]
+        drop = None if force_drop is None else jnp.asarray(force_drop, bool)
+        if train and cfg.class_dropout_prob > 0:
+            random_drop = jax.random.uniform(self.make_rng("dropout"), (batch,))
+            random_drop = random_drop < cfg.class_dropout_prob
+            drop = random_drop if drop is None else drop | random_drop
+        if cfg.model_type == "t2i":
+            want = (cfg.cls_token_num, cfg.caption_dim)
+            if jnp.ndim(cond) != 3 or tuple(jnp.shape(cond)[1:]) != want:
+                raise ValueError(
+                    f"t2i caption must be [B, {want[0]}, {want[1]}], got {jnp.shape(cond)}"
+                )
+            return self.cls_embedding(cond, drop)
+        check_int_input("labels", cond, 1, cfg.num_classes + 1)
+        if drop is not None:
+            cond = jnp.where(drop, cfg.null_class, cond)
+        return self.cls_embedding(cond)[:, None, :]
+
+    def _run(
+        self,
+        h: jax.Array,
+        positions: jax.Array,
+        cache: list[KVCache] | None,
+        train: bool,
+    ) -> tuple[jax.Array, list[KVCache] | None]:
+        """Transformer body: h [B, T, D] at sequence positions [T] | [B, T] -> logits [B, T, V]."""
+        h = nn.with_logical_constraint(
+            self.token_dropout(h, deterministic=not train), ("batch", "length", "embed")
+        )
+        rope = gather_rope(self.rope_table(), positions)
+        new_cache = [] if cache is not None else None
+        for i, layer in enumerate(self.layers):
+            h, layer_cache = layer(
+                h, rope=rope, cache=None if cache is None else cache[i], train=train
+            )
+            if cache is not None:
+                new_cache.append(layer_cache)
+        logits = self.output(self.norm(h)).astype(jnp.float32)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab")), new_cache
+
+    def __call__(
+        self,
+        codes: jax.Array,
+        cond: jax.Array,
+        *,
+        train: bool = False,
+        force_drop: jax.Array | None = None,
+    ) -> jax.Array:
+        """Teacher-forced logits. codes: int [B, L] (L <= block_size) -> float32 [B, L, V]."""
+        cfg = self.config
+        check_int_input("codes", codes, 2, cfg.vocab_size)
+        if codes.shape[1] > cfg.block_size:
+            raise ValueError(f"codes length {codes.shape[1]} exceeds block_size {cfg.block_size}")
+        if jnp.shape(cond)[0] != codes.shape[0]:
+            raise ValueError(f"batch of cond {jnp.shape(cond)} does not match codes {codes.shape}")
+        prefix = self.embed_condition(cond, train=train, force_drop=force_drop)
+        h = jnp.concatenate([prefix, self.tok_embeddings(codes[:, :-1])], axis=1)
+        logits, _ = self._run(h, jnp.arange(h.shape[1]), None, train)
+        return logits[:, cfg.cls_token_num - 1 :]
+
+    def prefill(
+        self, cond: jax.Array, cache: list[KVCache], *, force_drop: jax.Array | None = None
+    ) -> tuple[jax.Array, list[KVCache]]:
+        """Runs the prefix into an empty cache. Returns logits for codes[0] [B, V] and cache."""
+        prefix = self.embed_condition(cond, force_drop=force_drop)
+        logits, cache = self._run(prefix, jnp.arange(prefix.shape[1]), cache, False)
+        return logits[:, -1], cache
+
+    def decode_step(
+        self, tokens: jax.Array, positions: jax.Array, cache: list[KVCache]
+    ) -> tuple[jax.Array, list[KVCache]]:
+        """Feeds image tokens [B, S] at sequence positions [S] | [B, S] (code t sits at
+        ``cls_token_num + t``) after the cached ones. Returns logits [B, S, V] and cache."""
+        check_int_input("tokens", tokens, 2, self.config.vocab_size)
+        return self._run(self.tok_embeddings(tokens), positions, cache, False)
+
+
+def init_gpt_cache(
+    cfg: GPTConfig, batch: int, max_len: int | None = None, dtype: Any = None
+) -> list[KVCache]:
+    """Empty per-layer KV caches for ``batch`` rows (``max_len`` defaults to cfg.cache_len)."""
+    dtype = jnp.dtype(cfg.dtype) if dtype is None else dtype
+    max_len = cfg.cache_len if max_len is None else max_len
+    return [
+        init_kv_cache(batch, max_len, cfg.kv_heads, cfg.head_dim, dtype)
+        for _ in range(cfg.num_layers)
+    ]
+
+
+def gpt_loss(
+    model: GPT,
+    params: Any,
+    batch: dict[str, jax.Array],
+    rng: jax.Array,
+    *,
+    train: bool = True,
+    label_smoothing: float = 0.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Next-token cross entropy over all codes. batch: {"codes": int [B, L], "label": int [B]}
+    (t2i: "caption" [B, Lc, C] instead of "label"). Returns (loss, {loss, accuracy, perplexity})."""
+    codes = batch["codes"]
+    if codes.ndim == 3:  # [B, h, w] grids
+        codes = codes.reshape(codes.shape[0], -1)
+    cond = batch["caption"] if model.config.model_type == "t2i" else batch["label"]
+    logits = model.apply({"params": params}, codes, cond, train=train, rngs={"dropout": rng})
+    targets = optax.smooth_labels(jax.nn.one_hot(codes, logits.shape[-1]), label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, codes).mean()
+    accuracy = (logits.argmax(-1) == codes).mean()
+    return loss, {"loss": loss, "accuracy": accuracy, "perplexity": jnp.exp(nll)}
+
+
+def make_gpt_task(cfg: GPTConfig, label_smoothing: float = 0.0) -> Task:
+    """A ``jaxar.train.task.Task`` training ``GPT(cfg)`` on pre-tokenized batches."""
+    model = GPT(cfg)
+
+    def init(rng: jax.Array, batch: dict[str, Any]) -> tuple[Any, dict]:
+        codes = jnp.asarray(batch["codes"])
+        codes = codes.reshape(codes.shape[0], -1)
+        cond = batch["caption"] if cfg.model_type == "t2i" else batch["label"]
+        params = model.init({"params": rng}, codes, jnp.asarray(cond))["params"]
+        return params, {}
+
+    def loss_fn(params, model_state, batch, rng, step):
+        del step
+        loss, metrics = gpt_loss(model, params, batch, rng, label_smoothing=label_smoothing)
+        return loss, (metrics, model_state)
+
+    return Task(name=f"gpt-{cfg.model_type}", init=init, loss_fn=loss_fn, sample_images=None)

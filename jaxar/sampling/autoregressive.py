@@ -1,0 +1,195 @@
+"""Raster-order autoregressive sampling for LlamaGen-style GPTs, all on device.
+
+One jitted call: prefill the condition prefix into a fixed-size KV cache, then ONE
+``lax.scan`` over the remaining tokens that carries the cache (a device pytree) and the last
+token. With classifier-free guidance the batch is doubled, conditional rows first and
+null-condition rows second (LlamaGen's layout); both halves are fed the same sampled token.
+Token ``t`` is drawn with ``fold_in(rng, t)``, so a fixed seed gives the same codes for any
+device count or sharding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxar.generators.gpt import GPT, GPTConfig, check_int_input, init_gpt_cache
+from jaxar.sampling.logits import CFG_SCHEDULES, cfg_combine, cfg_scale_schedule, sample_from_logits
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    """Static sampling settings (hashable, so compiled samplers can be cached)."""
+
+    cfg_scale: float = 1.0
+    cfg_schedule: str = "constant"
+    cfg_interval: int = -1  # LlamaGen: guidance off after this many decode steps (-1: never)
+    use_cfg: bool | None = None  # None: guidance iff cfg_scale != 1 or a non-constant schedule
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    num_tokens: int | None = None  # default: block_size
+    return_logits: bool = False
+
+    def __post_init__(self):
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}")
+        if self.temperature < 0 or not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
+            raise ValueError(
+                f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {self.temperature}, "
+                f"{self.top_p}, {self.top_k}"
+            )
+
+    @property
+    def guided(self) -> bool:
+        if self.use_cfg is not None:
+            return self.use_cfg
+        return self.cfg_scale != 1.0 or self.cfg_schedule != "constant"
+
+
+def _model(model_or_cfg: GPT | GPTConfig) -> GPT:
+    if isinstance(model_or_cfg, GPTConfig):
+        return GPT(model_or_cfg)
+    if isinstance(model_or_cfg, GPT):
+        return model_or_cfg
+    raise ValueError(f"expected a GPT or GPTConfig, got {type(model_or_cfg).__name__}")
+
+
+def check_condition(cfg: GPTConfig, cond: Any) -> None:
+    """Host-side checks of user conditions (labels must not use the null class)."""
+    if cfg.model_type == "c2i":
+        check_int_input("labels", cond, 1, cfg.num_classes)
+    elif jnp.ndim(cond) != 3:
+        raise ValueError(f"t2i captions must be [B, Lc, C], got shape {jnp.shape(cond)}")
+
+
+def generate(
+    model: GPT, params: Any, cond: jax.Array, rng: jax.Array, opts: SamplingOptions
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Traceable sampler body. cond: labels [B] or captions [B, Lc, C].
+
+    Returns codes int32 [B, N] (N = opts.num_tokens or block_size), plus the guided logits
+    float32 [B, N, V] (before temperature / filtering) when ``opts.return_logits``.
+    """
+    cfg = model.config
+    params = nn.unbox(params)
+    num = opts.num_tokens or cfg.block_size
+    batch = jnp.shape(cond)[0]
+    guided = opts.guided
+    if guided:
+        cond = jnp.concatenate([cond, cond], axis=0)
+        force_drop = jnp.arange(2 * batch) >= batch  # second half: null condition
+    else:
+        force_drop = None
+    cache = init_gpt_cache(cfg, cond.shape[0], max_len=cfg.cls_token_num + num)
+    logits, cache = model.apply(
+        {"params": params}, cond, cache, force_drop=force_drop, method=GPT.prefill
+    )
+
+    def pick(row_logits, t):  # [rows, V] -> token [B], guided logits [B, V]
+        if guided:
+            scale = cfg_scale_schedule(t, num, opts.cfg_scale, opts.cfg_schedule, opts.cfg_interval)
+            row_logits = cfg_combine(row_logits[:batch], row_logits[batch:], scale)
+        token = sample_from_logits(
+            jax.random.fold_in(rng, t), row_logits, opts.temperature, opts.top_k, opts.top_p
+        )
+        return token, row_logits
+
+    first, first_logits = pick(logits, 0)
+
+    def step(carry, t):
+        cache, token = carry
+        fed = jnp.concatenate([token, token]) if guided else token
+        positions = jnp.full((1,), cfg.cls_token_num - 1, jnp.int32) + t
+        step_logits, cache = model.apply(
+            {"params": params}, fed[:, None], positions, cache, method=GPT.decode_step
+        )
+        token, guided_logits = pick(step_logits[:, 0], t)
+        return (cache, token), (token, guided_logits if opts.return_logits else None)
+
+    _, (tokens, rest_logits) = jax.lax.scan(step, (cache, first), jnp.arange(1, num))
+    codes = jnp.concatenate([first[:, None], tokens.T], axis=1)
+    if not opts.return_logits:
+        return codes
+    return codes, jnp.concatenate([first_logits[:, None], rest_logits.swapaxes(0, 1)], axis=1)
+
+
+def make_sampler(
+    model_or_cfg: GPT | GPTConfig,
+    decode_fn: Callable[[jax.Array], jax.Array] | None = None,
+    **sampling_kwargs: Any,
+) -> Callable[[Any, jax.Array, jax.Array], Any]:
+    """A jitted ``(params, labels [B], rng) -> codes int32 [B, N]`` (see ``SamplingOptions``
+    for ``sampling_kwargs``). With ``decode_fn`` (traceable, codes [B, h, w] -> images) the
+    function returns images instead, decoded inside the same jit. The returned function
+    checks concrete labels on the host, then calls the compiled sampler (``.jitted``)."""
+    model = _model(model_or_cfg)
+    opts = SamplingOptions(**sampling_kwargs)
+    grid = model.config.grid_size
+
+    def run(params, cond, rng):
+        out = generate(model, params, cond, rng, opts)
+        if decode_fn is None:
+            return out
+        codes = out[0] if opts.return_logits else out
+        if codes.shape[1] != grid * grid:
+            raise ValueError("decode_fn needs a full grid: leave num_tokens at block_size")
+        return decode_fn(codes.reshape(codes.shape[0], grid, grid))
+
+    jitted = jax.jit(run)
+
+    def sampler(params, cond, rng):
+        check_condition(model.config, cond)
+        return jitted(params, cond, rng)
+
+    sampler.jitted = jitted
+    sampler.options = opts
+    return sampler
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_sampler(cfg: GPTConfig, opts: SamplingOptions):
+    return make_sampler(cfg, **dataclasses.asdict(opts))
+
+
+def sample(
+    model_or_cfg: GPT | GPTConfig,
+    params: Any,
+    labels: jax.Array,
+    rng: jax.Array,
+    *,
+    cfg_scale: float = 1.0,
+    cfg_schedule: str = "constant",
+    cfg_interval: int = -1,
+    use_cfg: bool | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    num_tokens: int | None = None,
+    return_logits: bool = False,
+    decode_fn: Callable[[jax.Array], jax.Array] | None = None,
+) -> Any:
+    """Samples codes int32 [B, N] for ``labels`` [B] (t2i: captions [B, Lc, C]).
+
+    Compiled samplers are cached per (config, options). ``decode_fn`` (codes [B, h, w] ->
+    images) is applied to the result; with ``return_logits`` the result is
+    ``(codes_or_images, logits [B, N, V])``.
+    """
+    model = _model(model_or_cfg)
+    opts = SamplingOptions(
+        cfg_scale, cfg_schedule, cfg_interval, use_cfg, temperature, top_k, top_p, num_tokens,
+        return_logits,
+    )  # fmt: skip
+    out = _cached_sampler(model.config, opts)(params, labels, rng)
+    if decode_fn is None:
+        return out
+    codes, logits = out if return_logits else (out, None)
+    grid = model.config.grid_size
+    images = decode_fn(codes.reshape(codes.shape[0], grid, grid))
+    return (images, logits) if return_logits else images

@@ -1,0 +1,98 @@
+"""Pure sampling rules on logits [..., V]: temperature, top-k, top-p, classifier-free guidance.
+
+Filters set removed entries to ``-inf`` so that ``jax.random.categorical`` never picks them.
+Integer/float hyperparameters that change shapes (``top_k``) must be static Python values;
+``temperature``, ``top_p`` and CFG scales may be traced.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+CFG_SCHEDULES = ("constant", "linear")
+
+
+def apply_temperature(logits: jax.Array, temperature: float | jax.Array) -> jax.Array:
+    """``logits / max(temperature, 1e-5)`` as in LlamaGen. logits: [..., V]."""
+    if isinstance(temperature, int | float) and temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    return logits / jnp.maximum(jnp.asarray(temperature, logits.dtype), 1e-5)
+
+
+def top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:
+    """Keeps the ``top_k`` largest logits per row (ties at the k-th value are kept).
+
+    ``top_k <= 0`` or ``>= V`` keeps everything. logits: [..., V].
+    """
+    if not isinstance(top_k, int):
+        raise ValueError(f"top_k must be a static Python int, got {type(top_k).__name__}")
+    if top_k <= 0 or top_k >= logits.shape[-1]:
+        return logits
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]  # [..., 1]
+    return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def top_p_filter(logits: jax.Array, top_p: float | jax.Array) -> jax.Array:
+    """Nucleus filter: keeps the smallest set of most likely tokens whose probability mass
+    reaches ``top_p`` (always at least the top token). ``top_p >= 1`` keeps everything."""
+    if isinstance(top_p, int | float):
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if top_p >= 1.0:
+            return logits
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]  # descending
+    probs = jax.nn.softmax(sorted_logits.astype(jnp.float32), axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs  # exclusive cumulative mass
+    keep = mass_before < top_p
+    keep = keep.at[..., 0].set(True)
+    cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits < cutoff, -jnp.inf, logits)
+
+
+def cfg_combine(cond: jax.Array, uncond: jax.Array, scale: float | jax.Array) -> jax.Array:
+    """Classifier-free guidance: ``uncond + scale * (cond - uncond)`` (scale 1 = cond)."""
+    return uncond + scale * (cond - uncond)
+
+
+def cfg_scale_schedule(
+    step: int | jax.Array,
+    total: int,
+    scale: float | jax.Array,
+    kind: str = "constant",
+    interval: int = -1,
+) -> jax.Array:
+    """Guidance scale for token ``step`` of ``total``.
+
+    kind="constant": ``scale`` everywhere (LlamaGen). kind="linear": ramps from 1 at the first
+    token to ``scale`` at the last (``1 + (scale - 1) * step / (total - 1)``).
+    ``interval > -1`` (LlamaGen's ``cfg_interval``) turns guidance off (scale 1) for tokens
+    ``step > interval + 1``; tokens 0..interval+1 keep it.
+    """
+    if kind not in CFG_SCHEDULES:
+        raise ValueError(f"cfg schedule must be one of {CFG_SCHEDULES}, got {kind!r}")
+    step = jnp.asarray(step, jnp.float32)
+    scale = jnp.asarray(scale, jnp.float32)
+    if kind == "linear":
+        scale = 1.0 + (scale - 1.0) * step / max(total - 1, 1)
+    if interval > -1:
+        scale = jnp.where(step > interval + 1, 1.0, scale)
+    return scale
+
+
+def sample_from_logits(
+    rng: jax.Array,
+    logits: jax.Array,
+    temperature: float | jax.Array = 1.0,
+    top_k: int = 0,
+    top_p: float | jax.Array = 1.0,
+) -> jax.Array:
+    """Draws token ids int32 [...] from logits [..., V] after temperature, top-k, top-p.
+
+    ``temperature == 0`` (a static number) means greedy argmax.
+    """
+    if isinstance(temperature, int | float) and temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = apply_temperature(logits.astype(jnp.float32), temperature)
+    logits = top_p_filter(top_k_filter(logits, top_k), top_p)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
