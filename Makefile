@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 JOBS ?= 2
 
 .PHONY: venv test demo bench lint clean
@@ -16,9 +15,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The suite runs on 8 fake CPU devices so every sharding path is exercised.
 test: $(STAMP)
 	$(PY) -m ruff check jaxar experiments tests bench
-	$(PY) -m pytest -n $(JOBS) --dist loadfile -q tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n $(JOBS) --dist loadfile -q tests
 
 demo: $(STAMP)
 	$(PY) experiments/demo.py --workdir runs/demo

@@ -38,17 +38,12 @@ def load_config(spec: str):
 
 
 def build_target(config, mesh_shape: tuple[int, int, int]) -> AotTarget:
-    """The train step of ``config`` with abstract (state, batch, rng) and their shardings.
+    """The train step of a generator ``config`` (needs ``config.tokens``; see
+    ``jaxar.recipes.aot_target``) with abstract (state, batch, rng) and their shardings."""
+    del mesh_shape  # shardings are callables of the mesh
+    from jaxar.recipes.aot_target import generator_train_target
 
-    TODO(coordinator): wire this once jaxar/train exists: build the Task from the config,
-    ``jax.eval_shape`` the TrainState, take its shardings from ``sharding.logical_to_sharding``
-    (as a callable ``mesh -> shardings``), an abstract batch ``{"codes": int32 [B, L],
-    "label": int32 [B]}`` sharded with ``sharding.batch_sharding``, a key, and return
-    ``AotTarget(train_step, (state, batch, rng), in_shardings, out_shardings, donate_argnums=0)``.
-    """
-    raise NotImplementedError(
-        "aot_check: the train-step wiring waits for jaxar/train (see build_target's docstring)"
-    )
+    return generator_train_target(config)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -15,17 +15,17 @@ def get_config(arg: str = "vq") -> ml_collections.ConfigDict:
     c.tokenizer = dict(preset=f"digits_{arg or 'vq'}")
     c.loss = dict(recon_loss="l2", codebook_weight=1.0, perceptual_weight=0.0, disc_weight=0.0)
     c.train = dict(
-        num_steps=1500,
+        num_steps=600,
         log_every=100,
-        checkpoint_every=500,
-        sample_every=500,
+        checkpoint_every=300,
+        sample_every=300,
         keep_checkpoints=2,
         ema_decay=0.99,
         progress_bar=True,
         optimizer=dict(
             learning_rate=2e-3,
-            warmup_steps=100,
-            total_steps=1500,
+            warmup_steps=50,
+            total_steps=600,
             weight_decay=0.0,
             b2=0.99,
             grad_clip_norm=1.0,

@@ -1,0 +1,97 @@
+"""Recipes: config plumbing, code layouts, CLI overrides, and a tiny end-to-end demo run."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxar.recipes.cli import apply_overrides, load_config
+from jaxar.recipes.codes import flat_length, flatten_codes, unflatten_codes
+from jaxar.recipes.config import dataclass_from, train_config_from
+from jaxar.recipes.families import get_family
+from jaxar.recipes.tokenizer import tokenizer_config_from
+from jaxar.train.optimizer import OptimizerConfig
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")
+
+
+@pytest.mark.parametrize(
+    "preset, image_size, shape",
+    [
+        ("digits_vq", 16, (64,)),
+        ("digits_rq", 16, (64, 2)),
+        ("digits_msvq", 16, (1 + 4 + 16 + 36 + 64,)),
+    ],
+)
+def test_flat_code_layout_round_trips(preset, image_size, shape):
+    cfg = tokenizer_config_from({"preset": preset})
+    rng = np.random.default_rng(0)
+    code_shape = cfg.code_shape(image_size)
+    if cfg.quantizer == "msvq":
+        codes = tuple(jnp.asarray(rng.integers(0, 9, (3, h, w))) for h, w in code_shape)
+    else:
+        codes = jnp.asarray(rng.integers(0, 9, (3, *code_shape)))
+    flat = flatten_codes(codes)
+    assert flat.shape == (3, *shape)
+    assert flat_length(cfg, image_size) == shape[0]
+    back = unflatten_codes(flat, cfg, image_size)
+    for a, b in zip(np.atleast_1d(back) if not isinstance(back, tuple) else back,
+                    np.atleast_1d(codes) if not isinstance(codes, tuple) else codes):  # fmt: skip
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="tokens per image"):
+        unflatten_codes(flat[:, :-1], cfg, image_size)
+
+
+def test_dataclass_from_rejects_unknown_fields_and_tuples_lists():
+    cfg = dataclass_from(
+        OptimizerConfig, {"learning_rate": 1e-3, "warmup_steps": 1, "total_steps": 10}
+    )
+    assert cfg.learning_rate == 1e-3
+    with pytest.raises(ValueError, match="no fields \\['lr'\\]"):
+        dataclass_from(OptimizerConfig, {"lr": 1e-3, "warmup_steps": 1, "total_steps": 10})
+    tok = tokenizer_config_from({"preset": "digits_fsq", "fsq_levels": [8, 8]})
+    assert tok.fsq_levels == (8, 8)
+
+
+def test_configs_load_and_override():
+    config = load_config(os.path.join(CONFIGS, "tokenizer_digits.py") + ":fsq")
+    assert config.tokenizer.preset == "digits_fsq"
+    apply_overrides(config, ["train.num_steps=7", "data.name=digits"])
+    assert train_config_from(config).num_steps == 7
+    with pytest.raises(KeyError, match="no such config field"):
+        apply_overrides(config, ["train.num_stepz=7"])
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides(config, ["train.num_steps"])
+    with pytest.raises(FileNotFoundError):
+        load_config("nope.py")
+    with pytest.raises(ValueError, match="unknown generator family"):
+        get_family("diffusion")
+
+
+def test_tiny_demo_end_to_end(tmp_path):
+    from jaxar.recipes.demo import run_demo
+
+    report = run_demo(str(tmp_path), tokenizer_steps=4, generator_steps=4, samples_per_class=2)
+    assert set(report) >= {"tokenizer", "samples", "total_minutes"}
+    assert np.isfinite(report["tokenizer"]["psnr"])
+    assert 0.0 <= report["samples"]["class_accuracy"] <= 1.0
+    assert os.path.getsize(tmp_path / "samples_grid.png") > 0
+    assert json.loads((tmp_path / "report.json").read_text())["samples"] == json.loads(
+        json.dumps(report["samples"])
+    )
+    assert (tmp_path / "generator" / "codes_train.npz").exists()
+
+
+def test_generator_family_gpt_uses_tokenizer_vocab():
+    class Spec:
+        vocab_size, num_tokens = 37, 16
+
+    cfg, task = get_family("gpt").build(
+        {"family": "gpt", "preset": "GPT-tiny", "dim": 32, "num_heads": 2}, Spec(), {}
+    )
+    assert (cfg.vocab_size, cfg.block_size, cfg.dim) == (37, 16, 32)
+    assert task.name
+    assert isinstance(ml_collections.ConfigDict({"a": 1}).to_dict(), dict)
