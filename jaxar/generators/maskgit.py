@@ -51,7 +51,9 @@ class MaskGITConfig:
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "num_layers", "dim", "num_heads", "ffn_dim"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"MaskGITConfig.{name} must be positive, got {getattr(self, name)}")
+                raise ValueError(
+                    f"MaskGITConfig.{name} must be positive, got {getattr(self, name)}"
+                )
         if self.num_classes <= 0:
             raise ValueError(f"MaskGITConfig.num_classes must be positive, got {self.num_classes}")
         if self.dim % self.num_heads:

@@ -262,7 +262,9 @@ class RandAR(nn.Module):
         check_order(order, codes.shape[0], cfg.block_size)
         ordered = jnp.take_along_axis(codes, order, axis=1)
         h = interleave(self.position_instructions(order), self.embed_tokens(ordered, train=train))
-        h = jnp.concatenate([self.embed_condition(labels, train=train, force_drop=force_drop), h], 1)
+        h = jnp.concatenate(
+            [self.embed_condition(labels, train=train, force_drop=force_drop), h], 1
+        )
         rope_rows = jnp.concatenate(
             [jnp.zeros((codes.shape[0], 1), jnp.int32), interleave(order + 1, order + 1)], axis=1
         )

@@ -198,7 +198,9 @@ class RQTransformer(nn.Module):
         self, h: jax.Array, cache: list[KVCache] | None = None, *, train: bool = False
     ) -> tuple[jax.Array, list[KVCache] | None]:
         """Causal spatial stack: [B, T, E] -> spatial contexts [B, T, E] (normed), caches."""
-        h = nn.with_logical_constraint(self.dropout(h, deterministic=not train), ("batch", "length", "embed"))
+        h = nn.with_logical_constraint(
+            self.dropout(h, deterministic=not train), ("batch", "length", "embed")
+        )
         new_cache = None if cache is None else []
         for i, layer in enumerate(self.spatial_layers):
             h, c = layer(h, cache=None if cache is None else cache[i], train=train)
@@ -254,14 +256,14 @@ class RQTransformer(nn.Module):
         return logits.reshape(b, length, depth, -1)
 
 
-def init_rq_caches(
-    cfg: RQTransformerConfig, batch: int
-) -> tuple[list[KVCache], list[KVCache]]:
+def init_rq_caches(cfg: RQTransformerConfig, batch: int) -> tuple[list[KVCache], list[KVCache]]:
     """Empty (spatial, depth) KV caches for ``batch`` rows."""
     dtype = jnp.dtype(cfg.dtype)
 
     def make(layers, length):
-        return [init_kv_cache(batch, length, cfg.num_heads, cfg.head_dim, dtype) for _ in range(layers)]
+        return [
+            init_kv_cache(batch, length, cfg.num_heads, cfg.head_dim, dtype) for _ in range(layers)
+        ]
 
     return make(cfg.spatial_layers, cfg.block_size), make(cfg.depth_layers, cfg.code_depth)
 

@@ -55,9 +55,55 @@ def _gpt_sampler(cfg, tokenizer, sampling: dict):
     return make_sampler(cfg, **sampling)
 
 
+def _token_family(
+    config_module: str,
+    config_cls: str,
+    presets: str,
+    make_task: str,
+    sampler_module: str,
+    make_sampler: str,
+    **tokenizer_fields: str,
+):
+    """A family whose model config takes ``vocab_size`` and ``block_size`` from the tokenizer
+    (plus ``tokenizer_fields``: model field -> TokenizerConfig field) and whose sampler
+    returns codes in the flat layout (or [B,h,w(,D)], reshaped here)."""
+    import importlib
+
+    def build(model: dict, tokenizer, loss: dict):
+        module = importlib.import_module(config_module)
+        extra = {k: getattr(tokenizer.config, v) for k, v in tokenizer_fields.items()}
+        cfg = _preset_config(
+            model, getattr(module, presets), getattr(module, config_cls),
+            vocab_size=tokenizer.vocab_size, block_size=tokenizer.num_tokens, **extra,
+        )  # fmt: skip
+        return cfg, getattr(module, make_task)(cfg, **loss)
+
+    def sampler(cfg, tokenizer, sampling: dict):
+        del tokenizer
+        inner = getattr(importlib.import_module(sampler_module), make_sampler)(cfg, **sampling)
+        depth = getattr(cfg, "code_depth", None) if "code_depth" in tokenizer_fields else None
+
+        def flat(params, labels, rng):
+            codes = inner(params, labels, rng)
+            return codes.reshape(len(labels), -1, *(() if depth is None else (depth,)))
+
+        return flat
+
+    return build, sampler
+
+
 FAMILIES: dict[str, Family] = {
     "gpt": Family("gpt", _gpt_build, _gpt_sampler),
-}
+    "maskgit": Family("maskgit", *_token_family(
+        "jaxar.generators.maskgit", "MaskGITConfig", "maskgit_config", "make_maskgit_task",
+        "jaxar.sampling.masked", "make_maskgit_sampler")),
+    "randar": Family("randar", *_token_family(
+        "jaxar.generators.randar", "RandARConfig", "randar_config", "make_randar_task",
+        "jaxar.sampling.random_order", "make_randar_sampler")),
+    "rq": Family("rq", *_token_family(
+        "jaxar.generators.rq_transformer", "RQTransformerConfig", "rq_config", "make_rq_task",
+        "jaxar.sampling.rq", "make_rq_sampler", code_depth="rq_depth")),
+}  # fmt: skip
 
 
 def get_family(name: str) -> Family:

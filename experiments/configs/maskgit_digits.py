@@ -1,0 +1,26 @@
+"""MaskGIT on the bundled digits, over a trained digits VQ tokenizer (CPU).
+
+Usage: python experiments/train_more_digits.py --family maskgit --workdir runs/more_digits
+(or experiments/train_generator.py once the "maskgit" family is registered).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    del arg
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.data = dict(name="digits", image_size=16, channels=1, batch_size=64, seed=0)
+    c.tokenizer_workdir = "runs/tokenizer_digits"
+    c.model = dict(family="maskgit", preset="MaskGIT-digits", class_dropout_prob=0.1, dropout=0.1)
+    c.loss = dict()
+    c.train = dict(
+        num_steps=1500, log_every=100, checkpoint_every=500, sample_every=0,
+        keep_checkpoints=2, ema_decay=0.995, progress_bar=False,
+        optimizer=dict(learning_rate=1e-3, warmup_steps=100, total_steps=1500,
+                       weight_decay=0.05, b2=0.95, grad_clip_norm=1.0),
+    )  # fmt: skip
+    c.sampling = dict(num_steps=8, choice_temperature=4.5, temperature=1.0, cfg_scale=2.0)
+    return c

@@ -1,0 +1,25 @@
+"""RQ-Transformer on the bundled digits, over a trained digits RQ tokenizer (depth 2, CPU).
+
+Usage: python experiments/train_more_digits.py --family rq --workdir runs/more_digits
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    del arg
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.data = dict(name="digits", image_size=16, channels=1, batch_size=64, seed=0)
+    c.tokenizer_workdir = "runs/tokenizer_digits_rq"
+    c.model = dict(family="rq", preset="RQ-digits", class_dropout_prob=0.1, resid_dropout=0.1)
+    c.loss = dict()
+    c.train = dict(
+        num_steps=1500, log_every=100, checkpoint_every=500, sample_every=0,
+        keep_checkpoints=2, ema_decay=0.995, progress_bar=False,
+        optimizer=dict(learning_rate=1e-3, warmup_steps=100, total_steps=1500,
+                       weight_decay=0.05, b2=0.95, grad_clip_norm=1.0),
+    )  # fmt: skip
+    c.sampling = dict(cfg_scale=2.0, temperature=1.0)
+    return c
