@@ -15,15 +15,33 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data = dict(name="digits", image_size=16, channels=1, batch_size=64, seed=0)
     c.tokenizer_workdir = "runs/tokenizer_digits"
     c.model = dict(
-        family="gpt", preset="GPT-tiny", num_layers=4, dim=128, num_heads=4,
-        class_dropout_prob=0.1, token_dropout=0.0, resid_dropout=0.1, ffn_dropout=0.1,
+        family="gpt",
+        preset="GPT-tiny",
+        num_layers=4,
+        dim=128,
+        num_heads=4,
+        class_dropout_prob=0.1,
+        token_dropout=0.0,
+        resid_dropout=0.1,
+        ffn_dropout=0.1,
     )
     c.loss = dict(label_smoothing=0.0)
     c.train = dict(
-        num_steps=2000, log_every=100, checkpoint_every=500, sample_every=500,
-        keep_checkpoints=2, ema_decay=0.995, progress_bar=True,
-        optimizer=dict(learning_rate=1e-3, warmup_steps=100, total_steps=2000,
-                       weight_decay=0.05, b2=0.95, grad_clip_norm=1.0),
+        num_steps=2000,
+        log_every=100,
+        checkpoint_every=500,
+        sample_every=500,
+        keep_checkpoints=2,
+        ema_decay=0.995,
+        progress_bar=True,
+        optimizer=dict(
+            learning_rate=1e-3,
+            warmup_steps=100,
+            total_steps=2000,
+            weight_decay=0.05,
+            b2=0.95,
+            grad_clip_norm=1.0,
+        ),
     )
     c.sampling = dict(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0)
     return c

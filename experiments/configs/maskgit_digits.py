@@ -1,7 +1,10 @@
 """MaskGIT on the bundled digits, over a trained digits VQ tokenizer (CPU).
 
-Usage: python experiments/train_more_digits.py --family maskgit --workdir runs/more_digits
-(or experiments/train_generator.py once the "maskgit" family is registered).
+Usage:
+    make demo  # trains the digits VQ tokenizer into runs/demo/tokenizer
+    python experiments/train_generator.py --config experiments/configs/maskgit_digits.py \
+        --workdir runs/maskgit_digits --set tokenizer_workdir=runs/demo/tokenizer
+    python experiments/judge_digits.py --workdir runs/maskgit_digits
 """
 
 import ml_collections
@@ -13,7 +16,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.seed = 0
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.data = dict(name="digits", image_size=16, channels=1, batch_size=64, seed=0)
-    c.tokenizer_workdir = "runs/tokenizer_digits"
+    c.tokenizer_workdir = "runs/demo/tokenizer"
     c.model = dict(family="maskgit", preset="MaskGIT-digits", class_dropout_prob=0.1, dropout=0.1)
     c.loss = dict()
     c.train = dict(

@@ -1,6 +1,10 @@
 """RandAR on the bundled digits, over a trained digits VQ tokenizer (CPU).
 
-Usage: python experiments/train_more_digits.py --family randar --workdir runs/more_digits
+Usage:
+    make demo  # trains the digits VQ tokenizer into runs/demo/tokenizer
+    python experiments/train_generator.py --config experiments/configs/randar_digits.py \
+        --workdir runs/randar_digits --set tokenizer_workdir=runs/demo/tokenizer
+    python experiments/judge_digits.py --workdir runs/randar_digits
 """
 
 import ml_collections
@@ -12,7 +16,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.seed = 0
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.data = dict(name="digits", image_size=16, channels=1, batch_size=64, seed=0)
-    c.tokenizer_workdir = "runs/tokenizer_digits"
+    c.tokenizer_workdir = "runs/demo/tokenizer"
     c.model = dict(
         family="randar", preset="RandAR-digits", class_dropout_prob=0.1, resid_dropout=0.1,
         ffn_dropout=0.1, num_inference_steps=24,

@@ -1,6 +1,11 @@
 """RQ-Transformer on the bundled digits, over a trained digits RQ tokenizer (depth 2, CPU).
 
-Usage: python experiments/train_more_digits.py --family rq --workdir runs/more_digits
+Usage:
+    python experiments/train_tokenizer.py --config experiments/configs/tokenizer_digits.py:rq \
+        --workdir runs/tokenizer_rq
+    python experiments/train_generator.py --config experiments/configs/rq_digits.py \
+        --workdir runs/rq_digits --set tokenizer_workdir=runs/tokenizer_rq
+    python experiments/judge_digits.py --workdir runs/rq_digits
 """
 
 import ml_collections
@@ -12,7 +17,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.seed = 0
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.data = dict(name="digits", image_size=16, channels=1, batch_size=64, seed=0)
-    c.tokenizer_workdir = "runs/tokenizer_digits_rq"
+    c.tokenizer_workdir = "runs/tokenizer_rq"
     c.model = dict(family="rq", preset="RQ-digits", class_dropout_prob=0.1, resid_dropout=0.1)
     c.loss = dict()
     c.train = dict(

@@ -57,6 +57,40 @@ def upscale(images: np.ndarray, factor: int) -> np.ndarray:
     return images.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
+def judge_generator(
+    workdir: str,
+    samples_per_class: int = 10,
+    seed: int = 0,
+    grid_path: str | None = None,
+    **sampling: Any,
+) -> dict[str, Any]:
+    """Samples every class of a digits generator and judges the samples' class accuracy.
+
+    Optionally writes a labelled grid (one column per class, upscaled 4x) to ``grid_path``.
+    """
+    generator = load_generator(workdir)
+    num_classes = generator.model_config.num_classes
+    labels = np.repeat(np.arange(num_classes, dtype=np.int32), samples_per_class)
+    start = time.time()
+    _, images = generator.sample(labels, jax.random.key(seed), **sampling)
+    seconds = time.time() - start
+    sampler = generator.sampler(**sampling)
+    report = {
+        "family": generator.family.name,
+        "sampling": {**generator.config.get("sampling", {}), **sampling},
+        "samples": judge_samples(images, labels),
+        "sampling_seconds_with_compile": seconds,
+        "forward_passes_per_image": getattr(sampler, "forward_passes_per_image", None),
+    }
+    if grid_path is not None:
+        order = np.argsort(np.tile(np.arange(samples_per_class), num_classes), kind="stable")
+        save_image_grid(
+            upscale(images[order], 4), grid_path, nrow=num_classes,
+            labels=[str(int(c)) for c in labels[order]],
+        )  # fmt: skip
+    return report
+
+
 def run_demo(
     workdir: str,
     tokenizer_steps: int | None = None,
@@ -79,20 +113,9 @@ def run_demo(
     train_generator(gen_config, gen_dir)
     report["generator_minutes"] = (time.time() - start) / 60 - report["tokenizer_minutes"]
 
-    generator = load_generator(gen_dir)
-    num_classes = generator.model_config.num_classes
-    labels = np.repeat(np.arange(num_classes, dtype=np.int32), samples_per_class)
     sampling = {} if cfg_scale is None else {"cfg_scale": cfg_scale}
-    _, images = generator.sample(labels, jax.random.key(seed), **sampling)
-    report["sampling"] = {**generator.config.get("sampling", {}), **sampling}
-    report["samples"] = judge_samples(images, labels)
-    order = np.argsort(np.tile(np.arange(samples_per_class), num_classes), kind="stable")
-    save_image_grid(
-        upscale(images[order], 4),
-        os.path.join(workdir, "samples_grid.png"),
-        nrow=num_classes,
-        labels=[str(int(c)) for c in labels[order]],
-    )
+    report.update(judge_generator(gen_dir, samples_per_class, seed, grid_path=os.path.join(
+        workdir, "samples_grid.png"), **sampling))  # fmt: skip
     report["total_minutes"] = (time.time() - start) / 60
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(report, f, indent=2)

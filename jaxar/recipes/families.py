@@ -92,7 +92,40 @@ def _token_family(
     return build, sampler
 
 
+def _var_build(model: dict, tokenizer, loss: dict):
+    from jaxar.generators.var import VARConfig, make_var_task, var_config
+    from jaxar.tokenizers.autoencoder import make_quantizer
+
+    tok = tokenizer.config
+    if tok.quantizer != "msvq":
+        raise ValueError(f"VAR needs a multi-scale (msvq) tokenizer, got {tok.quantizer!r}")
+    cfg = _preset_config(
+        model, var_config, VARConfig,
+        vocab_size=tok.codebook_size, code_dim=tok.code_dim, patch_nums=tok.scales,
+    )  # fmt: skip
+    quantizer_params = tokenizer.variables["params"]["quantizer"]
+    task = make_var_task(cfg, make_quantizer(tok), quantizer_params, **loss)
+    return cfg, task
+
+
+def _var_sampler(cfg, tokenizer, sampling: dict):
+    from jaxar.generators.var import concat_scales
+    from jaxar.sampling.scalewise import make_scalewise_sampler
+    from jaxar.tokenizers.autoencoder import make_quantizer
+
+    inner = make_scalewise_sampler(cfg, make_quantizer(tokenizer.config), **sampling)
+    quantizer_params = tokenizer.variables["params"]["quantizer"]
+
+    def flat(params, labels, rng):
+        out = inner({"var": params, "quantizer": quantizer_params}, labels, rng)
+        return concat_scales(out["codes"])
+
+    flat.forward_passes_per_image = len(cfg.patch_nums)
+    return flat
+
+
 FAMILIES: dict[str, Family] = {
+    "var": Family("var", _var_build, _var_sampler),
     "gpt": Family("gpt", _gpt_build, _gpt_sampler),
     "maskgit": Family("maskgit", *_token_family(
         "jaxar.generators.maskgit", "MaskGITConfig", "maskgit_config", "make_maskgit_task",
