@@ -1,6 +1,6 @@
 """Train a generator on tokenized images.
 
-    python experiments/train_generator.py --config CONFIG[:ARG] --workdir DIR [--set k=v ...]
+python experiments/train_generator.py --config CONFIG[:ARG] --workdir DIR [--set k=v ...]
 """
 
 import argparse

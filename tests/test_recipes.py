@@ -63,6 +63,8 @@ def test_configs_load_and_override():
     assert train_config_from(config).num_steps == 7
     with pytest.raises(KeyError, match="no such config field"):
         apply_overrides(config, ["train.num_stepz=7"])
+    apply_overrides(config, ["+tokenizer.ch_mult=(1, 2, 2)"])
+    assert config.tokenizer.ch_mult == (1, 2, 2)
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides(config, ["train.num_steps"])
     with pytest.raises(FileNotFoundError):

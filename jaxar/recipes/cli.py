@@ -2,7 +2,8 @@
 
 ``--config path/to/config.py[:ARG]`` loads ``get_config(ARG)`` from the file (ml_collections);
 ``--set key.sub=value`` overrides single fields (values parsed as Python literals when they
-parse, strings otherwise).
+parse, strings otherwise); ``--set +key.sub=value`` adds a field the config does not have yet
+(e.g. a model override on top of a preset).
 """
 
 from __future__ import annotations
@@ -39,17 +40,20 @@ def _literal(text: str) -> Any:
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
-    """Applies ``key.sub=value`` strings in place; unknown keys raise a KeyError."""
+    """Applies ``key.sub=value`` strings in place; unknown keys raise a KeyError unless the
+    key is written ``+key.sub``."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} is not of the form key=value")
+        adding = key.startswith("+")
+        key = key.lstrip("+")
         *parents, leaf = key.split(".")
         node = config
         for name in parents:
             node = node[name]
-        if leaf not in node:
-            raise KeyError(f"override {key!r}: no such config field")
+        if leaf not in node and not adding:
+            raise KeyError(f"override {key!r}: no such config field (use +{key}=... to add it)")
         node[leaf] = _literal(value)
     return config
 
