@@ -97,3 +97,29 @@ def test_generator_family_gpt_uses_tokenizer_vocab():
     assert (cfg.vocab_size, cfg.block_size, cfg.dim) == (37, 16, 32)
     assert task.name
     assert isinstance(ml_collections.ConfigDict({"a": 1}).to_dict(), dict)
+
+
+@pytest.mark.parametrize("family, preset, quantizer", [
+    ("maskgit", "MaskGIT-tiny", "digits_vq"),
+    ("randar", "RandAR-tiny", "digits_vq"),
+    ("rq", "RQ-tiny", "digits_rq"),
+])  # fmt: skip
+def test_token_families_take_vocab_and_length_from_the_tokenizer(family, preset, quantizer):
+    class Tok:
+        config = tokenizer_config_from({"preset": quantizer, "codebook_size": 48})
+        vocab_size, num_tokens = 48, 64
+
+    cfg, task = get_family(family).build({"family": family, "preset": preset}, Tok(), {})
+    assert (cfg.vocab_size, cfg.block_size) == (48, 64)
+    if family == "rq":
+        assert cfg.code_depth == Tok.config.rq_depth
+    assert callable(task.loss_fn)
+
+
+def test_var_family_needs_a_multiscale_tokenizer():
+    class Tok:
+        config = tokenizer_config_from({"preset": "digits_vq"})
+        vocab_size, num_tokens, variables = 256, 64, {}
+
+    with pytest.raises(ValueError, match="msvq"):
+        get_family("var").build({"family": "var", "preset": "VAR-digits"}, Tok(), {})
