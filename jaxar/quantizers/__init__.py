@@ -1,0 +1,31 @@
+"""Quantizers: linen modules mapping latents [B, h, w, D] to discrete codes and back."""
+
+from jaxar.quantizers.base import QuantizerOutput, straight_through, usage_and_perplexity
+from jaxar.quantizers.fsq import FiniteScalarQuantizer
+from jaxar.quantizers.ibq import IndexBackpropQuantizer
+from jaxar.quantizers.lfq import LookupFreeQuantizer
+from jaxar.quantizers.multiscale import MultiScaleQuantizer
+from jaxar.quantizers.residual import ResidualQuantizer
+from jaxar.quantizers.vq import VectorQuantizer
+
+QUANTIZERS = {
+    "vq": VectorQuantizer,
+    "rq": ResidualQuantizer,
+    "msvq": MultiScaleQuantizer,
+    "fsq": FiniteScalarQuantizer,
+    "lfq": LookupFreeQuantizer,
+    "ibq": IndexBackpropQuantizer,
+}
+
+__all__ = [
+    "QUANTIZERS",
+    "FiniteScalarQuantizer",
+    "IndexBackpropQuantizer",
+    "LookupFreeQuantizer",
+    "MultiScaleQuantizer",
+    "QuantizerOutput",
+    "ResidualQuantizer",
+    "VectorQuantizer",
+    "straight_through",
+    "usage_and_perplexity",
+]
