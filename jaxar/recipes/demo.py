@@ -34,6 +34,7 @@ def _config(name: str, steps: int | None, **fields: Any):
     if steps is not None:
         config.train.num_steps = steps
         config.train.optimizer.total_steps = steps
+        config.train.optimizer.warmup_steps = min(config.train.optimizer.warmup_steps, steps // 4)
         config.train.checkpoint_every = steps
         config.train.sample_every = steps
     for key, value in fields.items():

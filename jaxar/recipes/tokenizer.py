@@ -133,7 +133,7 @@ def encode_arrays(tokenizer: LoadedTokenizer, images: np.ndarray, batch_size: in
 
 
 def evaluate_tokenizer(tokenizer: LoadedTokenizer, images: np.ndarray, batch_size: int = 256):
-    """PSNR, SSIM (on [-1,1] images, data range 2) and codebook usage / perplexity."""
+    """PSNR and SSIM (on images mapped to [0, 1]) and codebook usage / perplexity."""
     recon = np.concatenate([
         np.asarray(tokenizer.reconstruct(images[i : i + batch_size]))
         for i in range(0, len(images), batch_size)
@@ -143,8 +143,8 @@ def evaluate_tokenizer(tokenizer: LoadedTokenizer, images: np.ndarray, batch_siz
     probs = counts / counts.sum()
     nonzero = probs[probs > 0]
     return {
-        "psnr": float(np.mean(psnr(images, recon, data_range=2.0))),
-        "ssim": float(np.mean(ssim(images, recon, data_range=2.0))),
+        "psnr": float(np.mean(psnr((images + 1) / 2, (recon + 1) / 2))),
+        "ssim": float(np.mean(ssim((images + 1) / 2, (recon + 1) / 2))),
         "codebook_usage": float(np.mean(counts > 0)),
         "perplexity": float(np.exp(-np.sum(nonzero * np.log(nonzero)))),
         "num_images": len(images),
