@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from jax.sharding import Mesh
 
 from jaxar.sharding import make_mesh
-from jaxar.train.loop import TrainConfig
+from jaxar.train.loop import TrainConfig, fit
 from jaxar.train.optimizer import OptimizerConfig
 
 T = TypeVar("T")
@@ -53,3 +53,17 @@ def mesh_from(config: Any) -> Mesh:
     """``config.mesh`` = {data, fsdp, tensor} (missing: data=-1, fsdp=1, tensor=1)."""
     sizes = as_dict(config.get("mesh", None) if hasattr(config, "get") else None)
     return make_mesh(**{k: int(v) for k, v in sizes.items()})
+
+
+def fit_from_config(config: Any, task, dataset, workdir):
+    """``jaxar.train.loop.fit`` with everything taken from an experiment config: the train
+    settings, the mesh, the seed, and the whole config stored with each checkpoint."""
+    return fit(
+        task,
+        iter(dataset),
+        config=train_config_from(config),
+        workdir=workdir,
+        mesh=mesh_from(config),
+        rng_seed=config.get("seed", 0),
+        checkpoint_config=as_dict(config),
+    )

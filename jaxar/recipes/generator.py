@@ -25,12 +25,11 @@ import numpy as np
 
 from jaxar.data import make_array_dataset
 from jaxar.data.transforms import to_uint8
-from jaxar.recipes.config import as_dict, mesh_from, train_config_from
+from jaxar.recipes.config import as_dict, fit_from_config
 from jaxar.recipes.families import FAMILIES, Family, get_family
 from jaxar.recipes.images import image_arrays
 from jaxar.recipes.tokenizer import LoadedTokenizer, encode_arrays, load_tokenizer
 from jaxar.train.checkpoint import restore_for_eval
-from jaxar.train.loop import fit
 
 __all__ = ["FAMILIES", "LoadedGenerator", "encoded_dataset", "load_generator", "train_generator"]
 
@@ -74,15 +73,7 @@ def train_generator(config: Any, workdir: str | os.PathLike):
     sampling = as_dict(config.get("sampling"))
     preview = _preview_fn(family, model_cfg, tokenizer, sampling, family.num_classes(model_cfg))
     task = dataclasses.replace(task, sample_images=preview)
-    return fit(
-        task,
-        iter(dataset),
-        config=train_config_from(config),
-        workdir=workdir,
-        mesh=mesh_from(config),
-        rng_seed=config.get("seed", 0),
-        checkpoint_config=as_dict(config),
-    )
+    return fit_from_config(config, task, dataset, workdir)
 
 
 @dataclasses.dataclass(frozen=True)

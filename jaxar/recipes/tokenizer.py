@@ -23,13 +23,12 @@ import numpy as np
 
 from jaxar.eval.image_metrics import psnr, ssim
 from jaxar.recipes.codes import flat_length, flatten_codes, unflatten_codes
-from jaxar.recipes.config import as_dict, dataclass_from, mesh_from, train_config_from
+from jaxar.recipes.config import as_dict, dataclass_from, fit_from_config
 from jaxar.recipes.images import image_arrays, image_dataset
 from jaxar.tokenizers.autoencoder import Tokenizer, TokenizerConfig, get_preset
 from jaxar.tokenizers.losses import LossConfig
 from jaxar.tokenizers.task import make_tokenizer_task
 from jaxar.train.checkpoint import restore_for_eval
-from jaxar.train.loop import fit
 from jaxar.train.task import Task
 
 
@@ -53,15 +52,7 @@ def train_tokenizer(config: Any, workdir: str | os.PathLike):
     task = make_tokenizer_task(tok_cfg, loss_cfg, shape, preview_images=preview)
     task = Task(name="tokenizer", init=task.init, loss_fn=task.loss_fn,
                 sample_images=task.sample_images)  # fmt: skip
-    return fit(
-        task,
-        iter(image_dataset(data, split="train")),
-        config=train_config_from(config),
-        workdir=workdir,
-        mesh=mesh_from(config),
-        rng_seed=config.get("seed", 0),
-        checkpoint_config=as_dict(config),
-    )
+    return fit_from_config(config, task, image_dataset(data, split="train"), workdir)
 
 
 @dataclasses.dataclass(frozen=True)
