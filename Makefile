@@ -4,12 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= 2
+# torch (CPU build) is only needed by the converters' .pt paths and the golden-parity tests that
+# read .pth files; the CPU wheel is pinned so no multi-GB CUDA build is pulled in.
+TORCH ?= torch==2.13.0
 
 .PHONY: venv test demo bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
