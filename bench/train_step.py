@@ -4,7 +4,7 @@ Width 512, 8 layers, sequence 256 (class token + 255 codes), vocab 4096, small b
 on one device. Prints JSON: steps/s, model FLOP/s (6 * params * tokens + attention) and XLA's
 own FLOP count, against this machine's measured f32 matmul ceiling.
 
-Run: ``python bench/train_step.py [--batch 4] [--iters 3]``.
+Run: ``python bench/train_step.py [--batch 4] [--iters 3] [--layers 8] [--dim 512]``.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from jaxar.train.state import create_train_state  # noqa: E402
 from jaxar.train.step import jit_train_step, make_train_step, to_global_batch  # noqa: E402
 
 
-def model_config() -> GPTConfig:
+def model_config(layers: int = 8, dim: int = 512) -> GPTConfig:
     return GPTConfig(
-        vocab_size=4096, num_layers=8, dim=512, num_heads=8, num_classes=10, block_size=256,
+        vocab_size=4096, num_layers=layers, dim=dim, num_heads=8, num_classes=10, block_size=256,
         token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0, class_dropout_prob=0.0,
     )  # fmt: skip
 
@@ -50,9 +50,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=8, help="depth (smaller: a quick run)")
+    parser.add_argument("--dim", type=int, default=512, help="width, a multiple of 32")
     args = parser.parse_args()
 
-    cfg = model_config()
+    cfg = model_config(args.layers, args.dim)
     task = make_gpt_task(cfg)
     rng = np.random.default_rng(0)
     batch = {
