@@ -17,10 +17,11 @@ import numpy as np
 import optax
 
 from jaxar.layers.attention import KVCache, init_kv_cache
+from jaxar.layers.conditioning import condition_drop_mask
 from jaxar.layers.mlp import dense_init, ffn_hidden_dim
 from jaxar.layers.norms import RMSNorm
 from jaxar.layers.rope import PREFIX_MODES, gather_rope, rope_table_2d
-from jaxar.layers.transformer import TransformerBlock
+from jaxar.layers.transformer import TransformerBlock, block_stack, run_blocks
 from jaxar.train.task import Task
 
 MODEL_TYPES = ("c2i", "t2i")
@@ -152,6 +153,25 @@ def check_int_input(name: str, x: Any, ndim: int, upper: int) -> None:
         raise ValueError(f"{name} values must be in [0, {upper}), got [{host.min()}, {host.max()}]")
 
 
+def llamagen_layers(cfg: Any) -> list[TransformerBlock]:
+    """LlamaGen's ``num_layers`` blocks (drop path rising linearly to ``drop_path``) for a
+    ``GPTConfig`` or a config with the same transformer fields (``RandARConfig``). Assign the
+    list to ``self.layers`` in ``setup`` so the blocks are named ``layers_<i>``."""
+    return block_stack(
+        cfg.num_layers,
+        cfg.drop_path,
+        num_heads=cfg.num_heads,
+        ffn_hidden_dim=cfg.hidden_dim,
+        num_kv_heads=cfg.kv_heads,
+        norm_eps=cfg.norm_eps,
+        attn_dropout_rate=cfg.attn_dropout,
+        resid_dropout_rate=cfg.resid_dropout,
+        ffn_dropout_rate=cfg.ffn_dropout,
+        init_std=cfg.init_std,
+        dtype=jnp.dtype(cfg.dtype),
+    )
+
+
 class CaptionEmbedder(nn.Module):
     """t2i prefix: caption features [B, Lc, C] -> MLP (GELU-tanh) -> [B, Lc, D]; dropped
     captions are replaced by the fixed ``uncond_embedding`` [Lc, C]."""
@@ -212,22 +232,7 @@ class GPT(nn.Module):
             self.cls_embedding = CaptionEmbedder(
                 cfg.dim, cfg.cls_token_num, cfg.caption_dim, cfg.init_std
             )
-        rates = np.linspace(0.0, cfg.drop_path, cfg.num_layers)
-        self.layers = [
-            TransformerBlock(
-                num_heads=cfg.num_heads,
-                ffn_hidden_dim=cfg.hidden_dim,
-                num_kv_heads=cfg.kv_heads,
-                norm_eps=cfg.norm_eps,
-                attn_dropout_rate=cfg.attn_dropout,
-                resid_dropout_rate=cfg.resid_dropout,
-                ffn_dropout_rate=cfg.ffn_dropout,
-                drop_path_rate=float(rates[i]),
-                init_std=cfg.init_std,
-                dtype=dtype,
-            )
-            for i in range(cfg.num_layers)
-        ]
+        self.layers = llamagen_layers(cfg)
         self.norm = RMSNorm(cfg.norm_eps)
         self.output = nn.Dense(
             cfg.vocab_size,
@@ -250,12 +255,8 @@ class GPT(nn.Module):
         replaced by the null class / null caption with prob ``class_dropout_prob``;
         ``force_drop`` (bool [B]) drops rows explicitly (CFG's unconditional branch)."""
         cfg = self.config
-        batch = jnp.shape(cond)[0]
-        drop = None if force_drop is None else jnp.asarray(force_drop, bool)
-        if train and cfg.class_dropout_prob > 0:
-            random_drop = jax.random.uniform(self.make_rng("dropout"), (batch,))
-            random_drop = random_drop < cfg.class_dropout_prob
-            drop = random_drop if drop is None else drop | random_drop
+        rng = self.make_rng("dropout") if train and cfg.class_dropout_prob > 0 else None
+        drop = condition_drop_mask(jnp.shape(cond)[0], cfg.class_dropout_prob, rng, force_drop)
         if cfg.model_type == "t2i":
             want = (cfg.cls_token_num, cfg.caption_dim)
             if jnp.ndim(cond) != 3 or tuple(jnp.shape(cond)[1:]) != want:
@@ -280,13 +281,7 @@ class GPT(nn.Module):
             self.token_dropout(h, deterministic=not train), ("batch", "length", "embed")
         )
         rope = gather_rope(self.rope_table(), positions)
-        new_cache = [] if cache is not None else None
-        for i, layer in enumerate(self.layers):
-            h, layer_cache = layer(
-                h, rope=rope, cache=None if cache is None else cache[i], train=train
-            )
-            if cache is not None:
-                new_cache.append(layer_cache)
+        h, new_cache = run_blocks(self.layers, h, cache, rope=rope, train=train)
         logits = self.output(self.norm(h)).astype(jnp.float32)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab")), new_cache
 

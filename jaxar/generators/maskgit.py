@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import optax
 
 from jaxar.generators.gpt import check_int_input
+from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.mlp import dense_init
 from jaxar.layers.norms import RMSNorm
-from jaxar.layers.transformer import TransformerBlock
+from jaxar.layers.transformer import block_stack, run_blocks
 from jaxar.sampling.mask_schedule import check_mask_schedule, num_masked_for_training
 from jaxar.train.task import Task
 
@@ -125,20 +126,18 @@ class MaskGIT(nn.Module):
             nn.with_logical_partitioning(emb_init, ("length", "embed")),
             (cfg.block_size + 1, cfg.dim),
         )
-        self.layers = [
-            TransformerBlock(
-                num_heads=cfg.num_heads,
-                ffn_hidden_dim=cfg.ffn_dim,
-                causal=False,
-                norm_eps=cfg.norm_eps,
-                attn_dropout_rate=cfg.dropout,
-                resid_dropout_rate=cfg.dropout,
-                ffn_dropout_rate=cfg.dropout,
-                init_std=cfg.init_std,
-                dtype=dtype,
-            )
-            for _ in range(cfg.num_layers)
-        ]
+        self.layers = block_stack(
+            cfg.num_layers,
+            num_heads=cfg.num_heads,
+            ffn_hidden_dim=cfg.ffn_dim,
+            causal=False,
+            norm_eps=cfg.norm_eps,
+            attn_dropout_rate=cfg.dropout,
+            resid_dropout_rate=cfg.dropout,
+            ffn_dropout_rate=cfg.dropout,
+            init_std=cfg.init_std,
+            dtype=dtype,
+        )
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.norm = RMSNorm(cfg.norm_eps)
         self.output = nn.Dense(
@@ -153,12 +152,8 @@ class MaskGIT(nn.Module):
     ) -> jax.Array:
         """Labels [B] with dropped rows (random in training, or ``force_drop``) set to null."""
         cfg = self.config
-        drop = None if force_drop is None else jnp.asarray(force_drop, bool)
-        if train and cfg.class_dropout_prob > 0:
-            random_drop = jax.random.uniform(self.make_rng("dropout"), labels.shape)
-            random_drop = random_drop < cfg.class_dropout_prob
-            drop = random_drop if drop is None else drop | random_drop
-        return labels if drop is None else jnp.where(drop, cfg.null_class, labels)
+        rng = self.make_rng("dropout") if train and cfg.class_dropout_prob > 0 else None
+        return drop_labels(labels, cfg.null_class, cfg.class_dropout_prob, rng, force_drop)
 
     def __call__(
         self,
@@ -182,8 +177,7 @@ class MaskGIT(nn.Module):
         h = h + self.pos_embedding.astype(h.dtype)[None]
         h = self.embed_dropout(h, deterministic=not train)
         h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
-        for layer in self.layers:
-            h, _ = layer(h, train=train)
+        h, _ = run_blocks(self.layers, h, train=train)
         logits = self.output(self.norm(h[:, 1:])).astype(jnp.float32)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 

@@ -24,12 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxar.generators.gpt import check_int_input
+from jaxar.generators.gpt import check_int_input, llamagen_layers
 from jaxar.layers.attention import KVCache, init_kv_cache
+from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.mlp import dense_init, ffn_hidden_dim
 from jaxar.layers.norms import RMSNorm
 from jaxar.layers.rope import apply_rope, gather_rope, rope_table_2d
-from jaxar.layers.transformer import TransformerBlock
+from jaxar.layers.transformer import run_blocks
 from jaxar.train.task import Task
 
 POSITION_ORDERS = ("random", "raster")
@@ -165,22 +166,7 @@ class RandAR(nn.Module):
             nn.with_logical_partitioning(emb_init, ("embed",)),
             (cfg.dim,),
         )
-        rates = np.linspace(0.0, cfg.drop_path, cfg.num_layers)
-        self.layers = [
-            TransformerBlock(
-                num_heads=cfg.num_heads,
-                ffn_hidden_dim=cfg.hidden_dim,
-                num_kv_heads=cfg.kv_heads,
-                norm_eps=cfg.norm_eps,
-                attn_dropout_rate=cfg.attn_dropout,
-                resid_dropout_rate=cfg.resid_dropout,
-                ffn_dropout_rate=cfg.ffn_dropout,
-                drop_path_rate=float(rates[i]),
-                init_std=cfg.init_std,
-                dtype=dtype,
-            )
-            for i in range(cfg.num_layers)
-        ]
+        self.layers = llamagen_layers(cfg)
         self.norm = RMSNorm(cfg.norm_eps)
         self.output = nn.Dense(
             cfg.vocab_size,
@@ -200,13 +186,8 @@ class RandAR(nn.Module):
         """Labels [B] -> class tokens [B, 1, D]; dropped rows (training / CFG) use the null."""
         cfg = self.config
         check_int_input("labels", labels, 1, cfg.num_classes + 1)
-        drop = None if force_drop is None else jnp.asarray(force_drop, bool)
-        if train and cfg.class_dropout_prob > 0:
-            random_drop = jax.random.uniform(self.make_rng("dropout"), labels.shape)
-            random_drop = random_drop < cfg.class_dropout_prob
-            drop = random_drop if drop is None else drop | random_drop
-        if drop is not None:
-            labels = jnp.where(drop, cfg.null_class, labels)
+        rng = self.make_rng("dropout") if train and cfg.class_dropout_prob > 0 else None
+        labels = drop_labels(labels, cfg.null_class, cfg.class_dropout_prob, rng, force_drop)
         return self.cls_embedding(labels)[:, None, :]
 
     def embed_tokens(self, codes: jax.Array, *, train: bool = False) -> jax.Array:
@@ -234,13 +215,7 @@ class RandAR(nn.Module):
         position otherwise), optional per-layer caches -> (logits float32 [B, T, V], caches)."""
         h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
         rope = gather_rope(self.rope_table(), rope_rows)
-        new_cache = None if cache is None else []
-        for i, layer in enumerate(self.layers):
-            h, layer_cache = layer(
-                h, rope=rope, cache=None if cache is None else cache[i], train=train
-            )
-            if cache is not None:
-                new_cache.append(layer_cache)
+        h, new_cache = run_blocks(self.layers, h, cache, rope=rope, train=train)
         logits = self.output(self.norm(h)).astype(jnp.float32)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab")), new_cache
 

@@ -28,9 +28,10 @@ import optax
 
 from jaxar.generators.gpt import check_int_input
 from jaxar.layers.attention import KVCache, init_kv_cache
+from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.mlp import dense_init, ffn_hidden_dim
 from jaxar.layers.norms import RMSNorm
-from jaxar.layers.transformer import TransformerBlock
+from jaxar.layers.transformer import block_stack, run_blocks
 from jaxar.train.task import Task
 
 
@@ -153,8 +154,8 @@ class RQTransformer(nn.Module):
             attn_dropout_rate=cfg.attn_dropout, resid_dropout_rate=cfg.resid_dropout,
             ffn_dropout_rate=cfg.resid_dropout, init_std=cfg.init_std, dtype=dtype,
         )  # fmt: skip
-        self.spatial_layers = [TransformerBlock(**block) for _ in range(cfg.spatial_layers)]
-        self.depth_layers = [TransformerBlock(**block) for _ in range(cfg.depth_layers)]
+        self.spatial_layers = block_stack(cfg.spatial_layers, **block)
+        self.depth_layers = block_stack(cfg.depth_layers, **block)
         self.spatial_norm = RMSNorm(cfg.norm_eps)
         self.head_norm = RMSNorm(cfg.norm_eps)
         self.head = nn.Dense(
@@ -180,13 +181,8 @@ class RQTransformer(nn.Module):
         """Labels [B] -> start token [B, 1, E]; dropped rows use the null class."""
         cfg = self.config
         check_int_input("labels", labels, 1, cfg.num_classes + 1)
-        drop = None if force_drop is None else jnp.asarray(force_drop, bool)
-        if train and cfg.class_dropout_prob > 0:
-            random_drop = jax.random.uniform(self.make_rng("dropout"), labels.shape)
-            random_drop = random_drop < cfg.class_dropout_prob
-            drop = random_drop if drop is None else drop | random_drop
-        if drop is not None:
-            labels = jnp.where(drop, cfg.null_class, labels)
+        rng = self.make_rng("dropout") if train and cfg.class_dropout_prob > 0 else None
+        labels = drop_labels(labels, cfg.null_class, cfg.class_dropout_prob, rng, force_drop)
         return self.cls_embedding(labels)[:, None]
 
     def spatial_input(self, codes: jax.Array, positions: jax.Array) -> jax.Array:
@@ -201,11 +197,7 @@ class RQTransformer(nn.Module):
         h = nn.with_logical_constraint(
             self.dropout(h, deterministic=not train), ("batch", "length", "embed")
         )
-        new_cache = None if cache is None else []
-        for i, layer in enumerate(self.spatial_layers):
-            h, c = layer(h, cache=None if cache is None else cache[i], train=train)
-            if cache is not None:
-                new_cache.append(c)
+        h, new_cache = run_blocks(self.spatial_layers, h, cache, train=train)
         return self.spatial_norm(h), new_cache
 
     def depth_context(self, codes: jax.Array) -> jax.Array:
@@ -225,11 +217,7 @@ class RQTransformer(nn.Module):
     ) -> tuple[jax.Array, list[KVCache] | None]:
         """Causal depth stack: inputs [N, T, E] at depths [T] -> logits float32 [N, T, V]."""
         h = h + jnp.take(self.pos_emb_d, depths, axis=0).astype(h.dtype)
-        new_cache = None if cache is None else []
-        for i, layer in enumerate(self.depth_layers):
-            h, c = layer(h, cache=None if cache is None else cache[i], train=train)
-            if cache is not None:
-                new_cache.append(c)
+        h, new_cache = run_blocks(self.depth_layers, h, cache, train=train)
         return self.head(self.head_norm(h)).astype(jnp.float32), new_cache
 
     def __call__(

@@ -33,6 +33,8 @@ import optax
 from jaxar.generators.gpt import check_int_input
 from jaxar.layers.adaln import AdaLNBeforeHead, AdaLNSelfAttn, chunk_scaled_init, trunc_normal
 from jaxar.layers.attention import KVCache, init_kv_cache
+from jaxar.layers.conditioning import drop_labels
+from jaxar.layers.transformer import block_stack, run_blocks
 from jaxar.quantizers.multiscale import MultiScaleQuantizer
 from jaxar.train.task import Task
 
@@ -195,17 +197,14 @@ class VAR(nn.Module):
                 kernel_init=nn.with_logical_partitioning(trunc_normal(std), ("embed", "mlp")),
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
             )
-        rates = np.linspace(0.0, cfg.drop_path, cfg.depth)
-        self.blocks = [
-            AdaLNSelfAttn(
-                num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.norm_eps,
-                shared_aln=cfg.shared_aln, attn_l2_norm=cfg.attn_l2_norm, drop_rate=cfg.drop_rate,
-                attn_drop_rate=cfg.attn_drop_rate, drop_path_rate=float(rates[i]), init_std=std,
-                proj_std=std / math.sqrt(2 * cfg.depth), init_adaln=cfg.init_adaln,
-                init_adaln_gamma=cfg.init_adaln_gamma, dtype=dtype,
-            )
-            for i in range(cfg.depth)
-        ]  # fmt: skip
+        self.blocks = block_stack(
+            cfg.depth, cfg.drop_path, block_cls=AdaLNSelfAttn, num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.norm_eps, shared_aln=cfg.shared_aln,
+            attn_l2_norm=cfg.attn_l2_norm, drop_rate=cfg.drop_rate,
+            attn_drop_rate=cfg.attn_drop_rate, init_std=std,
+            proj_std=std / math.sqrt(2 * cfg.depth), init_adaln=cfg.init_adaln,
+            init_adaln_gamma=cfg.init_adaln_gamma, dtype=dtype,
+        )  # fmt: skip
         self.head_nm = AdaLNBeforeHead(cfg.norm_eps, std, cfg.init_adaln)
         self.head = nn.Dense(
             cfg.vocab_size,
@@ -222,13 +221,8 @@ class VAR(nn.Module):
         ``class_dropout_prob``; ``force_drop`` (bool [B]) drops rows explicitly (CFG)."""
         cfg = self.config
         check_int_input("labels", labels, 1, cfg.num_classes + 1)
-        drop = None if force_drop is None else jnp.asarray(force_drop, bool)
-        if train and cfg.class_dropout_prob > 0:
-            random_drop = jax.random.uniform(self.make_rng("dropout"), labels.shape)
-            random_drop = random_drop < cfg.class_dropout_prob
-            drop = random_drop if drop is None else drop | random_drop
-        if drop is not None:
-            labels = jnp.where(drop, cfg.null_class, labels)
+        rng = self.make_rng("dropout") if train and cfg.class_dropout_prob > 0 else None
+        labels = drop_labels(labels, cfg.null_class, cfg.class_dropout_prob, rng, force_drop)
         return self.class_emb(labels)
 
     def level_position(self, begin: int, end: int) -> jax.Array:
@@ -254,14 +248,9 @@ class VAR(nn.Module):
         block_cond = cond  # [B, D], or the shared projection [B, 6, D]
         if self.config.shared_aln:
             block_cond = self.shared_ada_lin(nn.silu(cond)).reshape(-1, 6, x.shape[-1])
-        new_cache = [] if cache is not None else None
-        for i, block in enumerate(self.blocks):
-            layer_cache = None if cache is None else cache[i]
-            x, layer_cache = block(
-                x, block_cond, mask=mask, cache=layer_cache, kv_len=kv_len, train=train
-            )
-            if cache is not None:
-                new_cache.append(layer_cache)
+        x, new_cache = run_blocks(
+            self.blocks, x, cache, cond=block_cond, mask=mask, kv_len=kv_len, train=train
+        )
         logits = self.head(self.head_nm(x.astype(jnp.float32), cond)).astype(jnp.float32)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab")), new_cache
 

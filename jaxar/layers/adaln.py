@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar.layers.attention import KVCache, dot_product_attention, update_kv_cache
+from jaxar.layers.attention import KVCache, attend_and_project, update_kv_cache
 from jaxar.layers.norms import layer_norm_no_affine, modulate
 from jaxar.layers.transformer import DropPath
 
@@ -137,25 +137,18 @@ class VARSelfAttention(nn.Module):
         if mask is not None:
             mask = jnp.broadcast_to(jnp.asarray(mask, bool), (b, self.num_heads, t, k.shape[1]))
         deterministic = not train or self.attn_dropout_rate == 0.0
-        out = dot_product_attention(
+        y = attend_and_project(
             q,
             k,
             v,
             mask,
+            features=dim,
+            kernel_init=trunc_normal(self.proj_std),
+            name="proj",
             dropout_rate=self.attn_dropout_rate,
             dropout_rng=None if deterministic else self.make_rng("dropout"),
-        )
-        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-        y = nn.DenseGeneral(
-            dim,
-            axis=(-2, -1),
-            kernel_init=nn.with_logical_partitioning(
-                trunc_normal(self.proj_std), ("heads", "kv", "embed")
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
             dtype=self.dtype,
-            name="proj",
-        )(out)
+        )
         return nn.Dropout(self.resid_dropout_rate)(y, deterministic=not train), cache
 
 

@@ -90,6 +90,38 @@ def dot_product_attention(
     return out.reshape(b, t, h, dh)
 
 
+def attend_and_project(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    *,
+    features: int,
+    kernel_init: Any,
+    name: str,
+    use_bias: bool = True,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+) -> jax.Array:
+    """``dot_product_attention`` (q [B, T, H, Dh], k, v [B, S, Hkv, Dh], mask) followed by the
+    output projection ``name`` (kernel [H, Dh, features]) -> [B, T, features]. Call it from a
+    compact method: the projection becomes a submodule of the calling module."""
+    out = dot_product_attention(q, k, v, mask, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    return nn.DenseGeneral(
+        features,
+        axis=(-2, -1),
+        use_bias=use_bias,
+        kernel_init=nn.with_logical_partitioning(kernel_init, ("heads", "kv", "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )(out)
+
+
 def update_kv_cache(cache: KVCache, k: jax.Array, v: jax.Array) -> KVCache:
     """Writes k, v [B, T, Hkv, Dh] at ``cache["index"]``; returns the advanced cache."""
     if cache["k"].shape[0] != k.shape[0] or cache["k"].shape[2:] != k.shape[2:]:
@@ -177,26 +209,19 @@ class Attention(nn.Module):
             if cache is not None:  # never read unwritten cache slots
                 full_mask = full_mask & (jnp.arange(s) < offset + t)
         deterministic = not train or self.attn_dropout_rate == 0.0
-        out = dot_product_attention(
+        y = attend_and_project(
             q,
             k,
             v,
             full_mask,
+            features=dim,
+            kernel_init=dense_init(self.init_std),
+            name="out",
+            use_bias=self.use_bias,
             dropout_rate=self.attn_dropout_rate,
             dropout_rng=None if deterministic else self.make_rng("dropout"),
-        )
-        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-        y = nn.DenseGeneral(
-            dim,
-            axis=(-2, -1),
-            use_bias=self.use_bias,
-            kernel_init=nn.with_logical_partitioning(
-                dense_init(self.init_std), ("heads", "kv", "embed")
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            name="out",
-        )(out)
+        )
         y = nn.Dropout(self.resid_dropout_rate)(y, deterministic=not train)
         return y, cache

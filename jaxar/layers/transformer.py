@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxar.layers.attention import Attention, KVCache
 from jaxar.layers.mlp import FeedForward
@@ -87,3 +88,30 @@ class TransformerBlock(nn.Module):
         )(RMSNorm(self.norm_eps, self.param_dtype, name="ffn_norm")(h), train=train)
         out = h + drop_path(ffn_out, train=train)
         return nn.with_logical_constraint(out, ("batch", "length", "embed")), cache
+
+
+def block_stack(
+    num_layers: int,
+    drop_path: float = 0.0,
+    *,
+    block_cls: type[nn.Module] = TransformerBlock,
+    **block_kwargs: Any,
+) -> list[nn.Module]:
+    """``num_layers`` blocks ``block_cls(drop_path_rate=r_i, **block_kwargs)`` with ``r_i``
+    rising linearly from 0 to ``drop_path``. Call it in ``setup`` and assign the list to an
+    attribute (``self.layers`` names the blocks ``layers_0``, ``layers_1``, ...)."""
+    rates = np.linspace(0.0, drop_path, num_layers)
+    return [block_cls(drop_path_rate=float(rate), **block_kwargs) for rate in rates]
+
+
+def run_blocks(
+    blocks: list[nn.Module], x: jax.Array, cache: list[KVCache] | None = None, **kwargs: Any
+) -> tuple[jax.Array, list[KVCache] | None]:
+    """Runs ``blocks`` in order on x [B, T, D], each with its own cache (``cache[i]``) and the
+    same keyword arguments. Returns (y [B, T, D], the new per-block caches | None)."""
+    new_cache = None if cache is None else []
+    for i, block in enumerate(blocks):
+        x, block_cache = block(x, cache=None if cache is None else cache[i], **kwargs)
+        if cache is not None:
+            new_cache.append(block_cache)
+    return x, new_cache
