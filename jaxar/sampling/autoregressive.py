@@ -20,7 +20,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxar.generators.gpt import GPT, GPTConfig, check_int_input, init_gpt_cache
-from jaxar.sampling.logits import CFG_SCHEDULES, cfg_combine, cfg_scale_schedule, sample_from_logits
+from jaxar.sampling.logits import (
+    cfg_combine,
+    cfg_scale_schedule,
+    check_sampling_settings,
+    is_guided,
+    sample_from_logits,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,19 +44,13 @@ class SamplingOptions:
     return_logits: bool = False
 
     def __post_init__(self):
-        if self.cfg_schedule not in CFG_SCHEDULES:
-            raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}")
-        if self.temperature < 0 or not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
-            raise ValueError(
-                f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {self.temperature}, "
-                f"{self.top_p}, {self.top_k}"
-            )
+        check_sampling_settings(self.cfg_schedule, self.temperature, self.top_k, self.top_p)
 
     @property
     def guided(self) -> bool:
         if self.use_cfg is not None:
             return self.use_cfg
-        return self.cfg_scale != 1.0 or self.cfg_schedule != "constant"
+        return is_guided(self.cfg_scale, self.cfg_schedule)
 
 
 def _model(model_or_cfg: GPT | GPTConfig) -> GPT:

@@ -96,3 +96,19 @@ def sample_from_logits(
     logits = apply_temperature(logits.astype(jnp.float32), temperature)
     logits = top_p_filter(top_k_filter(logits, top_k), top_p)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def check_sampling_settings(cfg_schedule: str, temperature: float, top_k: int, top_p: float):
+    """The checks every sampler's options share; raises ValueError naming the bad value."""
+    if cfg_schedule not in CFG_SCHEDULES:
+        raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {cfg_schedule!r}")
+    if temperature < 0 or top_k < 0 or not 0.0 < top_p <= 1.0:
+        raise ValueError(
+            "need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got "
+            f"temperature={temperature}, top_k={top_k}, top_p={top_p}"
+        )
+
+
+def is_guided(cfg_scale: float, cfg_schedule: str) -> bool:
+    """Whether classifier-free guidance changes the logits (so uncond rows are needed)."""
+    return cfg_scale != 1.0 or cfg_schedule != "constant"

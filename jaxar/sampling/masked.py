@@ -27,7 +27,13 @@ import jax.numpy as jnp
 
 from jaxar.generators.gpt import check_int_input
 from jaxar.generators.maskgit import MaskGIT, MaskGITConfig
-from jaxar.sampling.logits import CFG_SCHEDULES, cfg_combine, cfg_scale_schedule, sample_from_logits
+from jaxar.sampling.logits import (
+    cfg_combine,
+    cfg_scale_schedule,
+    check_sampling_settings,
+    is_guided,
+    sample_from_logits,
+)
 from jaxar.sampling.mask_schedule import check_mask_schedule, mask_ratio
 
 TEMPERATURE_SCHEDULES = ("constant", "linear")
@@ -54,15 +60,12 @@ class MaskedSamplingOptions:
             raise ValueError("choice_temperature and temperature must be >= 0")
         if self.temperature_schedule not in TEMPERATURE_SCHEDULES:
             raise ValueError(f"temperature_schedule must be one of {TEMPERATURE_SCHEDULES}")
-        if self.cfg_schedule not in CFG_SCHEDULES:
-            raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}")
-        if self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"need top_k >= 0 and 0 < top_p <= 1, got {self.top_k}, {self.top_p}")
+        check_sampling_settings(self.cfg_schedule, self.temperature, self.top_k, self.top_p)
         check_mask_schedule(self.mask_schedule)
 
     @property
     def guided(self) -> bool:
-        return self.cfg_scale != 1.0 or self.cfg_schedule != "constant"
+        return is_guided(self.cfg_scale, self.cfg_schedule)
 
 
 def mask_by_random_topk(

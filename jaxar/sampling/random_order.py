@@ -37,7 +37,13 @@ from jaxar.generators.randar import (
     init_randar_cache,
     random_orders,
 )
-from jaxar.sampling.logits import CFG_SCHEDULES, cfg_combine, cfg_scale_schedule, sample_from_logits
+from jaxar.sampling.logits import (
+    cfg_combine,
+    cfg_scale_schedule,
+    check_sampling_settings,
+    is_guided,
+    sample_from_logits,
+)
 
 ORDERS = ("random", "raster")
 KIND_PAD, KIND_TOKEN, KIND_POSITION = 0, 1, 2
@@ -80,14 +86,11 @@ class RandomOrderOptions:
     def __post_init__(self):
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
-        if self.cfg_schedule not in CFG_SCHEDULES:
-            raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}")
-        if self.temperature < 0 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
-            raise ValueError("need temperature >= 0, top_k >= 0, 0 < top_p <= 1")
+        check_sampling_settings(self.cfg_schedule, self.temperature, self.top_k, self.top_p)
 
     @property
     def guided(self) -> bool:
-        return self.cfg_scale != 1.0 or self.cfg_schedule != "constant"
+        return is_guided(self.cfg_scale, self.cfg_schedule)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,13 @@ import jax.numpy as jnp
 from jaxar.generators.gpt import check_int_input
 from jaxar.generators.rq_transformer import RQTransformer, RQTransformerConfig, init_rq_caches
 from jaxar.layers.attention import init_kv_cache
-from jaxar.sampling.logits import CFG_SCHEDULES, cfg_combine, cfg_scale_schedule, sample_from_logits
+from jaxar.sampling.logits import (
+    cfg_combine,
+    cfg_scale_schedule,
+    check_sampling_settings,
+    is_guided,
+    sample_from_logits,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,14 +42,11 @@ class RQSamplingOptions:
     return_logits: bool = False
 
     def __post_init__(self):
-        if self.cfg_schedule not in CFG_SCHEDULES:
-            raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}")
-        if self.temperature < 0 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
-            raise ValueError("need temperature >= 0, top_k >= 0, 0 < top_p <= 1")
+        check_sampling_settings(self.cfg_schedule, self.temperature, self.top_k, self.top_p)
 
     @property
     def guided(self) -> bool:
-        return self.cfg_scale != 1.0 or self.cfg_schedule != "constant"
+        return is_guided(self.cfg_scale, self.cfg_schedule)
 
 
 def _apply(model, params, method, *args, **kwargs):
