@@ -85,6 +85,16 @@ def test_tiny_demo_end_to_end(tmp_path):
         json.dumps(report["samples"])
     )
     assert (tmp_path / "generator" / "codes_train.npz").exists()
+    # checkpoints keep the full tokenizer / model config, not just a preset name
+    from jaxar.recipes.generator import load_generator
+    from jaxar.train.checkpoint import restore_for_eval
+
+    _, stored = restore_for_eval(tmp_path / "tokenizer")
+    assert stored["tokenizer"]["codebook_size"] == 256 and "preset" not in stored["tokenizer"]
+    _, stored = restore_for_eval(tmp_path / "generator")
+    assert stored["model"]["family"] == "gpt" and "preset" not in stored["model"]
+    assert stored["model"]["vocab_size"] == 256 and stored["model"]["block_size"] == 64
+    assert load_generator(tmp_path / "generator").model_config.dim == stored["model"]["dim"]
 
 
 def test_generator_family_gpt_uses_tokenizer_vocab():

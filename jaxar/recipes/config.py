@@ -55,9 +55,13 @@ def mesh_from(config: Any) -> Mesh:
     return make_mesh(**{k: int(v) for k, v in sizes.items()})
 
 
-def fit_from_config(config: Any, task, dataset, workdir):
+def fit_from_config(config: Any, task, dataset, workdir, resolved: dict | None = None):
     """``jaxar.train.loop.fit`` with everything taken from an experiment config: the train
-    settings, the mesh, the seed, and the whole config stored with each checkpoint."""
+    settings, the mesh, the seed, and the whole config stored with each checkpoint.
+
+    ``resolved`` replaces top-level entries of the stored config with fully resolved ones
+    (e.g. the model config a preset expands to), so a checkpoint never depends on preset
+    definitions that may change later."""
     return fit(
         task,
         iter(dataset),
@@ -65,5 +69,5 @@ def fit_from_config(config: Any, task, dataset, workdir):
         workdir=workdir,
         mesh=mesh_from(config),
         rng_seed=config.get("seed", 0),
-        checkpoint_config=as_dict(config),
+        checkpoint_config={**as_dict(config), **(resolved or {})},
     )

@@ -54,7 +54,7 @@ def _preview_fn(family: Family, model_cfg, tokenizer: LoadedTokenizer, sampling:
     labels = np.arange(classes, dtype=np.int32)
 
     def sample_images(params, rng):
-        codes = sampler(params, labels, rng)
+        codes = np.asarray(sampler(params, labels, rng))  # host: params may live on a mesh
         return np.asarray(to_uint8(np.asarray(tokenizer.decode(codes))))
 
     return sample_images
@@ -73,7 +73,8 @@ def train_generator(config: Any, workdir: str | os.PathLike):
     sampling = as_dict(config.get("sampling"))
     preview = _preview_fn(family, model_cfg, tokenizer, sampling, family.num_classes(model_cfg))
     task = dataclasses.replace(task, sample_images=preview)
-    return fit_from_config(config, task, dataset, workdir)
+    resolved = {"model": {"family": family.name, **dataclasses.asdict(model_cfg)}}
+    return fit_from_config(config, task, dataset, workdir, resolved)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,7 @@ class LoadedGenerator:
     def sample(self, labels, rng, **sampling: Any):
         """-> (flat codes, uint8 images [B,H,W,C])."""
         codes = self.sampler(**sampling)(self.params, np.asarray(labels, np.int32), rng)
+        codes = np.asarray(codes)  # host: the tokenizer may live on other devices
         images = to_uint8(np.asarray(jax.device_get(self.tokenizer.decode(codes))))
         return np.asarray(codes), np.asarray(images)
 

@@ -52,7 +52,8 @@ def train_tokenizer(config: Any, workdir: str | os.PathLike):
     task = make_tokenizer_task(tok_cfg, loss_cfg, shape, preview_images=preview)
     task = Task(name="tokenizer", init=task.init, loss_fn=task.loss_fn,
                 sample_images=task.sample_images)  # fmt: skip
-    return fit_from_config(config, task, image_dataset(data, split="train"), workdir)
+    resolved = {"tokenizer": dataclasses.asdict(tok_cfg)}
+    return fit_from_config(config, task, image_dataset(data, split="train"), workdir, resolved)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -297,7 +297,7 @@ PRESETS: dict[str, TokenizerConfig] = {
     "digits_msvq": TokenizerConfig(
         **_DIGITS, quantizer="msvq", l2_norm=False, scales=(1, 2, 4, 6, 8)
     ),
-    "digits_fsq": TokenizerConfig(**_DIGITS, quantizer="fsq", fsq_levels=(8, 5, 5, 5)),
+    "digits_fsq": TokenizerConfig(**_DIGITS, quantizer="fsq", fsq_levels=(8, 6, 5)),
     "digits_lfq": TokenizerConfig(**_DIGITS, quantizer="lfq", entropy_weight=0.1),
     "digits_ibq": TokenizerConfig(**_DIGITS, quantizer="ibq"),
 }
