@@ -52,7 +52,9 @@ def _gpt_sampler(cfg, tokenizer, sampling: dict):
     from jaxar.sampling.autoregressive import make_sampler
 
     del tokenizer
-    return make_sampler(cfg, **sampling)
+    sampler = make_sampler(cfg, **sampling)
+    sampler.forward_passes_per_image = cfg.block_size  # one per token (prefill + scan)
+    return sampler
 
 
 def _token_family(
@@ -87,6 +89,7 @@ def _token_family(
             codes = inner(params, labels, rng)
             return codes.reshape(len(labels), -1, *(() if depth is None else (depth,)))
 
+        flat.forward_passes_per_image = getattr(inner, "forward_passes_per_image", None)
         return flat
 
     return build, sampler
