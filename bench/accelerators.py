@@ -94,8 +94,7 @@ def demo_model(workdir: str) -> dict[str, Any]:
     from jaxar.recipes.generator import load_generator
 
     gen = load_generator(workdir)
-    leaves = jax.tree_util.tree_leaves_with_path(gen.tokenizer.variables)
-    codebook = next(np.asarray(v) for p, v in leaves if "embedding" in jax.tree_util.keystr(p))
+    codebook = np.asarray(gen.tokenizer.code_embeddings())
 
     def decode(flat):
         images = np.asarray(jax.device_get(gen.tokenizer.decode(flat)))
@@ -148,6 +147,7 @@ def main():
     parser.add_argument("--vocab", type=int, default=128)
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--cfg-scale", type=float, default=2.0)
+    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--iters", type=int, default=3)
     args = parser.parse_args()
     start = time.perf_counter()
@@ -156,7 +156,7 @@ def main():
     judge = DigitJudge().fit(*load_digits(image_size=16, channels=1, split="train"))
     test_images, test_labels = load_digits(image_size=16, channels=1, split="test")
     labels = jnp.asarray(np.repeat(np.arange(10), args.per_class), jnp.int32)
-    sampling = dict(temperature=1.0, cfg_scale=args.cfg_scale)
+    sampling = dict(temperature=args.temperature, cfg_scale=args.cfg_scale)
     rows = {}
     for name, sampler in samplers(m, args.window, sampling).items():
         rows[name] = measure(name, sampler, m, labels, judge, args.iters)

@@ -86,6 +86,17 @@ class LoadedTokenizer:
         codes = unflatten_codes(flat_codes, self.config, self.image_size)
         return self.module.apply(self.variables, codes, method=Tokenizer.decode_codes)
 
+    def code_embeddings(self) -> jax.Array:
+        """The latent vector of every code id, [vocab_size, latent_dim] (single-code
+        quantizers: vq, fsq, lfq, ibq); what LANTERN / GSD measure neighbourhoods in."""
+        if self.config.quantizer in ("rq", "msvq"):
+            raise ValueError(
+                f"code_embeddings needs a single-code quantizer, not {self.config.quantizer!r}"
+            )
+        ids = jnp.arange(self.vocab_size, dtype=jnp.int32).reshape(1, -1, 1)
+        lookup = lambda module, codes: module.quantizer.decode_codes(codes)  # noqa: E731
+        return self.module.apply(self.variables, ids, method=lookup).reshape(self.vocab_size, -1)
+
     def reconstruct(self, images: jax.Array) -> jax.Array:
         return _reconstruct(self.module, self.variables, jnp.asarray(images, jnp.float32))
 
