@@ -299,7 +299,7 @@ PRESETS: dict[str, TokenizerConfig] = {
     ),
     "digits_fsq": TokenizerConfig(**_DIGITS, quantizer="fsq", fsq_levels=(8, 6, 5)),
     "digits_lfq": TokenizerConfig(**_DIGITS, quantizer="lfq", entropy_weight=0.1),
-    "digits_ibq": TokenizerConfig(**_DIGITS, quantizer="ibq"),
+    "digits_ibq": TokenizerConfig(**_DIGITS, quantizer="ibq", entropy_weight=0.1),
 }
 
 
