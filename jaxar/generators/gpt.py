@@ -27,8 +27,29 @@ from jaxar.train.task import Task
 MODEL_TYPES = ("c2i", "t2i")
 
 
+class LlamaShapes:
+    """Derived sizes shared by LlamaGen-style configs (GPT, RandAR): they need ``dim``,
+    ``num_heads``, ``num_kv_heads``, ``block_size`` (a square grid) and ``num_classes``."""
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def grid_size(self) -> int:
+        return int(round(self.block_size**0.5))
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+
 @dataclasses.dataclass(frozen=True)
-class GPTConfig:
+class GPTConfig(LlamaShapes):
     """LlamaGen ``ModelArgs`` (names follow jaxar; LlamaGen's in comments)."""
 
     vocab_size: int = 16384  # codebook size
@@ -78,18 +99,6 @@ class GPTConfig:
             raise ValueError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
 
     @property
-    def kv_heads(self) -> int:
-        return self.num_kv_heads or self.num_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.num_heads
-
-    @property
-    def grid_size(self) -> int:
-        return int(round(self.block_size**0.5))
-
-    @property
     def hidden_dim(self) -> int:
         if self.ffn_dim is not None:
             return self.ffn_dim
@@ -99,10 +108,6 @@ class GPTConfig:
     def cache_len(self) -> int:
         """KV-cache slots for one image: prefix + block_size."""
         return self.cls_token_num + self.block_size
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
 
 
 GPT_CONFIGS: dict[str, GPTConfig] = {

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxar.generators.gpt import check_int_input, llamagen_layers
+from jaxar.generators.gpt import LlamaShapes, check_int_input, llamagen_layers
 from jaxar.layers.attention import KVCache, init_kv_cache
 from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.mlp import dense_init, ffn_hidden_dim
@@ -37,7 +37,7 @@ POSITION_ORDERS = ("random", "raster")
 
 
 @dataclasses.dataclass(frozen=True)
-class RandARConfig:
+class RandARConfig(LlamaShapes):
     """RandARTransformer's arguments (jaxar names; RandAR's in comments)."""
 
     vocab_size: int = 16384
@@ -80,24 +80,8 @@ class RandARConfig:
             raise ValueError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
 
     @property
-    def kv_heads(self) -> int:
-        return self.num_kv_heads or self.num_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.num_heads
-
-    @property
-    def grid_size(self) -> int:
-        return int(round(self.block_size**0.5))
-
-    @property
     def hidden_dim(self) -> int:
         return self.ffn_dim or ffn_hidden_dim(self.dim, self.multiple_of)
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
 
 
 RANDAR_CONFIGS: dict[str, RandARConfig] = {
