@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from jaxar.paths import join
 from jaxar.train.state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
@@ -128,7 +129,7 @@ class Checkpointer:
         async_save: bool = True,
         ignored_config_keys: Iterable[str] = RESUME_IGNORED_KEYS,
     ):
-        self.directory = os.path.abspath(os.path.join(os.fspath(workdir), CHECKPOINT_DIR))
+        self.directory = join(workdir, CHECKPOINT_DIR)  # local or gs://
         self.ignored_config_keys = frozenset(ignored_config_keys)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save
@@ -207,13 +208,13 @@ class Checkpointer:
         return restored["state"]
 
     def _has_item(self, step: int, name: str) -> bool:
-        return os.path.isdir(os.path.join(self.directory, str(step), name))
+        return (self.directory / str(step) / name).is_dir()
 
     def _restore_items(self, step: int, **items) -> dict[str, Any]:
         try:
             return dict(self.manager.restore(step, args=ocp.args.Composite(**items)))
         except Exception as err:
-            path = os.path.join(self.directory, str(step))
+            path = self.directory / str(step)
             raise ValueError(f"could not restore checkpoint {path}: {err}") from err
 
     def wait_until_finished(self) -> None:
@@ -258,8 +259,8 @@ def restore_for_eval(
       ``(state, config)``: a TrainState when ``target`` is one, otherwise a dict with
       ``step, params, ema_params, model_state``; ``config`` is the stored config dict.
     """
-    directory = os.path.abspath(os.path.join(os.fspath(workdir), CHECKPOINT_DIR))
-    if not os.path.isdir(directory):
+    directory = join(workdir, CHECKPOINT_DIR)
+    if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoint directory at {directory}")
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     handlers = {
@@ -273,7 +274,7 @@ def restore_for_eval(
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {directory} (found {manager.all_steps()})"
             )
-        path = os.path.join(directory, str(step))
+        path = directory / str(step)
         try:
             if target is None:
                 sharding = (
@@ -288,7 +289,7 @@ def restore_for_eval(
                 partial_restore=not isinstance(target, TrainState),
             )
             items = {"state": state_args}
-            if os.path.isdir(os.path.join(path, "config")):
+            if (path / "config").is_dir():
                 items["config"] = ocp.args.JsonRestore()
             restored = manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as err:

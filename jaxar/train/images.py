@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from jaxar.paths import resolve
 
 LABEL_HEIGHT = 12  # pixels of caption strip above each tile when labels are given
 
@@ -55,6 +58,9 @@ def save_image_grid(
 ) -> np.ndarray:
     """Writes ``images`` uint8 [N, H, W, C] as one PNG grid at ``path``; returns the grid."""
     grid = make_image_grid(images, nrow=nrow, padding=padding, labels=labels)
-    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    path = resolve(path)  # local or gs://
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue())
     return grid

@@ -22,6 +22,7 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh
 
+from jaxar.paths import resolve
 from jaxar.sharding import DEFAULT_RULES, abstract_with_sharding, batch_sharding, use_mesh
 from jaxar.train.checkpoint import Checkpointer
 from jaxar.train.images import save_image_grid
@@ -96,7 +97,7 @@ class _Run:
 
     def __init__(self, task, train_iter, config, workdir, mesh, rules, checkpoint_config, rngs):
         self.task, self.train_iter, self.config = task, train_iter, config
-        self.workdir, self.mesh, self.rules = os.fspath(workdir), mesh, rules
+        self.workdir, self.mesh, self.rules = resolve(workdir), mesh, rules
         self.checkpoint_config = checkpoint_config
         self.train_rng, self.sample_rng = rngs
         self.is_main = jax.process_index() == 0
@@ -132,7 +133,7 @@ class _Run:
         with use_mesh(self.mesh, self.rules):
             images = self.task.sample_images(params, jax.random.fold_in(self.sample_rng, step))
         if self.writer is not None:
-            path = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")
+            path = self.workdir / "samples" / f"step_{step:08d}.png"
             grid = save_image_grid(np.asarray(jax.device_get(images)), path)
             self.writer.write_images(step, "samples", grid)
 
