@@ -58,7 +58,7 @@ class TokenizerConfig:
         if self.image_channels < 1 or self.ch < 1 or not self.ch_mult or self.num_res_blocks < 1:
             raise ValueError(f"bad tokenizer sizes in {self}")
         if self.quant_conv_kernel < 1 or self.quant_conv_kernel % 2 == 0:
-            raise ValueError(f"quant_conv_kernel must be odd and >= 1, got {self.quant_conv_kernel}")
+            raise ValueError(f"quant_conv_kernel must be odd, got {self.quant_conv_kernel}")
         for width in [self.ch * m for m in self.ch_mult]:
             if width % self.norm_groups:
                 raise ValueError(f"norm_groups={self.norm_groups} does not divide width {width}")
