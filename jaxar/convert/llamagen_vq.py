@@ -86,13 +86,23 @@ def _convert_value(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
 
 def convert_state_dict(state: dict[str, np.ndarray], cfg: TokenizerConfig) -> dict:
     """LlamaGen VQModel state dict -> nested ``Tokenizer(cfg)`` params (float32 jnp arrays)."""
+    return checked_tokenizer_params(flat_conv_params(state), cfg)
+
+
+def flat_conv_params(state: dict[str, np.ndarray]) -> dict[tuple[str, ...], jax.Array]:
+    """LlamaGen-named conv autoencoder entries -> flat jaxar ``Tokenizer`` params."""
     flat = {}
     for key, value in state.items():
         if key.startswith(_SKIP_PREFIXES):
             continue
         path = _flax_path(key)
         flat[path] = jnp.asarray(_convert_value(path, np.asarray(value, np.float32)))
-    size = 2 * cfg.downsample_factor
+    return flat
+
+
+def checked_tokenizer_params(flat: dict, cfg: TokenizerConfig) -> dict:
+    """Flat params checked (names and shapes) against ``Tokenizer(cfg)`` -> nested params."""
+    size = (cfg.scales[-1] if cfg.quantizer == "msvq" else 2) * cfg.downsample_factor
     images = jax.ShapeDtypeStruct((1, size, size, cfg.image_channels), jnp.float32)
     expected = jax.eval_shape(lambda x: Tokenizer(cfg).init(jax.random.key(0), x), images)
     expected = traverse_util.flatten_dict(nn.unbox(expected["params"]))
