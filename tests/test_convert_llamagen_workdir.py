@@ -152,3 +152,20 @@ def test_cli_prints_the_resolved_config(tmp_path, capsys, workdir):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["config"]["block_size"] == 16
     assert load_generator(tmp_path).config["sampling"]["cfg_scale"] == 1.5
+
+
+def test_evaluate_script_runs_on_the_workdir(workdir, tmp_path):
+    """FID against a reference batch (random 1/16-width Inception: a smoke test of the path)."""
+    from experiments.evaluate import main
+    from jaxar.eval.reference_npz import save_reference
+
+    reference = tmp_path / "reference.npz"
+    save_reference(reference, np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), np.uint8))
+    out = tmp_path / "report.json"
+    argv = ["generator", "--workdir", str(workdir), "--reference", str(reference),
+            "--num_samples", "8", "--top_k", "1", "--out", str(out),
+            "--random_inception_weights", "0", "--inception_width", "0.0625",
+            "--inception_resize", "75", "--batch_size", "8", "--no_precision_recall"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert np.isfinite(report["fid"]) and report["fid"] > 0

@@ -78,7 +78,8 @@ def build(var, vqvae, basic_vae, gen):
     sizes = dict(ch=32, ch_mult=(1, 1), num_res_blocks=1, z_channels=4, dropout=0.0)
     vae.encoder, vae.decoder = basic_vae.Encoder(**sizes), basic_vae.Decoder(**sizes)
     kwargs = dict(num_classes=5, depth=2, embed_dim=32, num_heads=2, patch_nums=PATCH_NUMS,
-                  attn_l2_norm=True, flash_if_available=False, fused_if_available=False)  # fmt: skip
+                  attn_l2_norm=True, flash_if_available=False,
+                  fused_if_available=False)  # fmt: skip
     models = {
         "var": var.VAR(vae, shared_aln=False, **kwargs),
         "var_saln": var.VAR(vae, shared_aln=True, **kwargs),
