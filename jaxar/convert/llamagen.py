@@ -1,8 +1,8 @@
 """Load LlamaGen GPT checkpoints (c2i and t2i ``Transformer`` state dicts) into ``GPT`` params.
 
-Accepts ``.pt``/``.pth``/``.bin`` (``torch.load(..., weights_only=True)``; torch is the
-optional ``convert`` extra and is imported only here; weights under ``"model"`` (DDP),
-``"module"`` (DeepSpeed), ``"state_dict"`` or at the top level (FSDP)) or ``.safetensors``.
+Files are read by ``jaxar.convert.torch_io`` (no pickled code runs; released weights, LlamaGen
+training checkpoints ``{model, optimizer, steps, args[, ema]}`` with EMA weights preferred,
+DeepSpeed / FSDP layouts, ``.safetensors``).
 
 Mapping (torch Linear weights are [out, in], flax kernels [in, out]):
   tok_embeddings.weight                  -> tok_embeddings/embedding
@@ -17,9 +17,16 @@ Mapping (torch Linear weights are [out, in], flax kernels [in, out]):
   norm.weight, output.weight             -> norm/scale, output/kernel
 Buffers (``freqs_cis``, ``causal_mask``, KV caches) are skipped.
 
-CLI: ``python -m jaxar.convert.llamagen --checkpoint c2i_B_256.pt --preset GPT-B --out DIR``
-writes an orbax checkpoint of the params to ``DIR/params`` and the config to
-``DIR/config.json`` (read back with ``load_converted``).
+Read from the weights: vocabulary, width, depth, classes, GQA, SwiGLU width (and the caption
+size of t2i models). Not in them: heads (``--preset`` or ``--num-heads``) and tokens per image
+(``--image-size`` with the VQ's downsampling, ``--block-size``, or a stored ``freqs_cis``);
+missing or disagreeing values are errors.
+
+CLI (writes a complete workdir: ``W/tokenizer`` from the VQ, ``W`` the generator, with
+LlamaGen's sampling defaults; then ``load_generator(W)`` / ``experiments/sample.py``)::
+
+    python -m jaxar.convert.llamagen --gpt c2i_B_256.pt --vq vq_ds16_c2i.pt \
+        --preset GPT-B --image-size 256 --workdir W
 """
 
 from __future__ import annotations

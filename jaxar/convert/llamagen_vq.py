@@ -1,15 +1,17 @@
 """Load LlamaGen's VQ tokenizer checkpoints (``VQModel`` state dicts) into ``Tokenizer`` params.
 
-Accepts a ``.pt``/``.pth`` file (``torch.load(..., weights_only=True)``; torch is the optional
-``convert`` extra and is imported only here) or a ``.safetensors`` file. A LlamaGen training
-checkpoint nests the weights under ``"model"``; both layouts work. Names map as
+Files are read by ``jaxar.convert.torch_io`` (no pickled code runs; released weights and
+LlamaGen training checkpoints, EMA weights preferred). The config is read from the weights
+(``infer_tokenizer_config``). Names map as
 ``encoder.conv_blocks.1.res.0.conv1.weight`` -> ``encoder/conv_blocks_1_res_0/conv1/kernel``;
 conv weights OIHW -> HWIO, GroupNorm ``weight`` -> ``scale``, ``quantize.embedding.weight`` ->
 ``quantizer/codebook``. Buffers (``quantize.codebook_used``) and discriminator/loss weights are
 dropped. The result is checked against the shapes of ``Tokenizer(cfg)``.
 
-CLI: ``python -m jaxar.convert.llamagen_vq --checkpoint vq_ds16_c2i.pt --out vq16.safetensors``
-writes the converted params as flat ``a/b/c`` keys (read back with ``load_flat_params``).
+CLI: ``python -m jaxar.convert.llamagen_vq --checkpoint vq_ds16_c2i.pt --image-size 256
+--workdir W`` writes a tokenizer workdir (``load_tokenizer(W)``, a valid ``tokenizer_workdir``
+for training); ``--out vq16.safetensors`` writes the params as flat ``a/b/c`` keys instead
+(read back with ``load_flat_params``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Load released VAR checkpoints (``var_d16.pth`` ...) and the quantizer of VAR's VQVAE
 (``vae_ch160v4096z32.pth``) into jaxar params.
 
-Files: ``.pth``/``.pt`` (``torch.load(weights_only=True)``; torch is the optional ``convert``
-extra, imported only when needed) or ``.safetensors``. Name mapping (torch -> jaxar):
+Files are read by ``jaxar.convert.torch_io`` (no pickled code runs; released ``.pth`` files and
+VAR's ``ar-ckpt-*.pth`` trainer checkpoints: ``trainer.var_wo_ddp`` / ``trainer.vae_local``).
+Name mapping (torch -> jaxar):
 
 - ``class_emb.weight`` -> ``class_emb/embedding``; ``lvl_embed.weight`` -> ``lvl_embed/embedding``
 - ``pos_start`` [1, first_l, C] / ``pos_1LC`` [1, L, C] -> ``pos_start`` / ``pos_1LC`` (squeezed)
@@ -16,9 +17,16 @@ extra, imported only when needed) or ``.safetensors``. Name mapping (torch -> ja
   ``quantize.quant_resi.qresi_ls.N`` (3x3 conv, OIHW) -> ``phi_N`` (HWIO);
   ``quantize.ema_vocab_hit_SV`` is dropped. The result is a ``MultiScaleQuantizer``'s params.
 
-The VQVAE's encoder/decoder are not converted here: VAR's ``basic_vae`` layout (3x3
-``quant_conv``/``post_quant_conv``, ``down.N.block.M`` naming, fused ``qkv`` attention convs)
-differs from ``jaxar.tokenizers.Tokenizer``.
+The whole VQVAE (encoder, decoder, 3x3 quant convs) is converted by ``jaxar.convert.var_vae``.
+The VAR config is read from the weights (``infer_var_config``: heads too when attention is
+l2-normalised); the scale schedule comes from the image size, the ``VAR-d{depth}`` preset or
+``--patch-nums`` and is checked against the stored position embeddings.
+
+CLI (a complete workdir: ``W/tokenizer`` from the VQVAE, ``W`` the generator, with VAR's FID
+sampling settings)::
+
+    python -m jaxar.convert.var --var var_d16.pth --vae vae_ch160v4096z32.pth --depth 16 \
+        --workdir W
 """
 
 from __future__ import annotations

@@ -296,6 +296,16 @@ PRESETS: dict[str, TokenizerConfig] = {
     "vq16": TokenizerConfig(),
     # LlamaGen VQ-8.
     "vq8": TokenizerConfig(ch_mult=(1, 2, 2, 4)),
+    # VAR's VQVAE (vae_ch160v4096z32.pth): 4096 x 32 codes, 3x3 quant convs, 256 px scales.
+    "var_vqvae": TokenizerConfig(
+        ch=160,
+        z_channels=32,
+        quantizer="msvq",
+        codebook_size=4096,
+        code_dim=32,
+        l2_norm=False,
+        quant_conv_kernel=3,
+    ),  # fmt: skip
     # Tiny tokenizers for 16x16 grey digits (8x8 latent grid).
     "digits_vq": TokenizerConfig(**_DIGITS),
     "digits_rq": TokenizerConfig(**_DIGITS, quantizer="rq", rq_depth=2),
