@@ -14,7 +14,14 @@ Tiny sizes, every parameter random (rounded to float16, the stored precision):
 - GPT: ``Transformer(ModelArgs(dim=64, n_layer=2, n_head=4, vocab_size=32, num_classes=10,
   block_size=16, multiple_of=32))``, c2i.
 
-Writes tests/data/llamagen_orig_{gpt,vq}.safetensors (the state dicts, float16) and
+- t2i GPT: the same ``Transformer`` with ``model_type="t2i", caption_dim=8,
+  cls_token_num=120`` (``CaptionEmbedder`` hard-codes 120 caption tokens) and no dropout.
+  Captions of 120, 37 and 5 real tokens, left-padded as LlamaGen's t2i data (``emb_mask[-n:] =
+  1``): ``generate(..., emb_masks=...)`` codes (cfg 2.0 top-k 1; cfg 1.0 greedy; and unmasked,
+  to show the masks matter) and the teacher-forced training logits with the attention mask of
+  ``dataset/t2i.py`` (tril, caption columns times the mask, ones on the diagonal).
+
+Writes tests/data/llamagen_orig_{gpt,vq,t2i}.safetensors (the state dicts, float16) and
 tests/data/llamagen_orig_golden.npz: ``labels``; codes from ``generate`` (greedy =
 ``sample_logits=False``, and ``top_k=1``) at cfg 2.0 and without guidance; their decoded pixels
 (``VQModel.decode_code``, clamped to [-1, 1], NHWC); an image and its VQ codes (``encode``).
@@ -69,6 +76,48 @@ def build_vq(vq_model):
     return vq.eval()
 
 
+def t2i_golden(gpt, generate, gen: torch.Generator) -> dict[str, np.ndarray]:
+    """Codes and logits of a tiny t2i model on padded captions (see the module docstring)."""
+    args = gpt.ModelArgs(dim=64, n_layer=2, n_head=4, vocab_size=32, block_size=16,
+                         multiple_of=32, model_type="t2i", caption_dim=8, cls_token_num=120,
+                         class_dropout_prob=0.0, token_dropout_p=0.0, resid_dropout_p=0.0,
+                         ffn_dropout_p=0.0)  # fmt: skip
+    model = gpt.Transformer(args)
+    randomize(model, gen)
+    with torch.no_grad():  # the uncond_embedding buffer too
+        emb = model.cls_embedding.uncond_embedding
+        emb.copy_(emb.half().float())
+    lc, batch = args.cls_token_num, 3
+    captions = (torch.randn(batch, lc, 8, generator=gen)).half().float()
+    masks = torch.zeros(batch, lc)
+    for row, valid in enumerate((120, 37, 5)):
+        masks[row, -valid:] = 1
+    out = {"t2i_captions": captions.numpy(), "t2i_masks": masks.numpy().astype(np.int32)}
+    model.eval()
+    with torch.no_grad():
+        runs = {"top1_cfg2": dict(cfg_scale=2.0, top_k=1),
+                "greedy_nocfg": dict(cfg_scale=1.0, sample_logits=False)}  # fmt: skip
+        for name, kw in runs.items():
+            codes = generate.generate(model, captions, 16, emb_masks=masks, **kw)
+            out["t2i_codes_" + name] = codes.numpy().astype(np.int32)
+        unmasked = generate.generate(model, captions, 16, cfg_scale=2.0, top_k=1)
+        out["t2i_codes_unmasked_top1_cfg2"] = unmasked.numpy().astype(np.int32)
+        model.train()  # LlamaGen's teacher-forced path (no dropout is configured)
+        for layer in model.layers:  # generate() left KV caches behind; training has none
+            layer.attention.kv_cache = None
+        codes = torch.from_numpy(out["t2i_codes_top1_cfg2"]).long()
+        length = lc + args.block_size
+        attn = torch.tril(torch.ones(length, length))[None].repeat(batch, 1, 1)
+        attn[:, :, :lc] = attn[:, :, :lc] * masks[:, None, :]
+        eye = torch.eye(length)[None]
+        attn = (attn * (1 - eye) + eye).bool()[:, None]
+        logits, _ = model(codes[:, :-1], captions, mask=attn[:, :, :-1, :-1])
+        out["t2i_logits"] = logits.numpy()
+    state = {k: v.half().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, DATA / "llamagen_orig_t2i.safetensors")
+    return out
+
+
 def main() -> None:
     gpt, generate, vq_model = original()
     gen = torch.Generator().manual_seed(0)
@@ -95,6 +144,7 @@ def main() -> None:
         _, _, (_, _, indices) = vq.encode(image)
         golden["image"] = image.permute(0, 2, 3, 1).numpy()
         golden["image_codes"] = indices.reshape(2, 4, 4).numpy().astype(np.int32)
+    golden.update(t2i_golden(gpt, generate, gen))
     for name, module in (("gpt", model), ("vq", vq)):
         state = {k: v.half().contiguous() for k, v in module.state_dict().items()}
         save_file(state, DATA / f"llamagen_orig_{name}.safetensors")
