@@ -169,3 +169,26 @@ def test_evaluate_script_runs_on_the_workdir(workdir, tmp_path):
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert np.isfinite(report["fid"]) and report["fid"] > 0
+
+
+def test_converted_tokenizer_is_a_tokenizer_workdir_for_training(workdir, tmp_path):
+    """train_generator accepts W/tokenizer: it encodes a dataset with it and trains 2 steps."""
+    import ml_collections
+
+    from jaxar.recipes.generator import train_generator
+
+    c = ml_collections.ConfigDict()
+    c.seed, c.mesh = 0, dict(data=-1, fsdp=1, tensor=1)
+    c.data = dict(name="digits", image_size=8, channels=3, batch_size=8, seed=0)
+    c.tokenizer_workdir = str(workdir / "tokenizer")
+    c.model = dict(family="gpt", preset="GPT-tiny", num_layers=1, dim=32, num_heads=2)
+    c.loss = dict(label_smoothing=0.0)
+    c.train = dict(num_steps=2, log_every=2, checkpoint_every=2, sample_every=0,
+                   keep_checkpoints=1, progress_bar=False, async_checkpoints=False,
+                   optimizer=dict(learning_rate=1e-3, warmup_steps=1, total_steps=2))  # fmt: skip
+    c.sampling = dict(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
+    train_generator(c, tmp_path / "gen")
+    with np.load(tmp_path / "gen" / "codes_train.npz") as codes:
+        assert codes["codes"].shape[1] == 16 and codes["codes"].max() < 32
+    trained = load_generator(tmp_path / "gen")
+    assert trained.model_config.vocab_size == 32 and trained.model_config.block_size == 16
