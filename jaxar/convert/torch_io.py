@@ -18,6 +18,7 @@ torch is the optional ``convert`` extra and is imported only when a torch file i
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 import numpy as np
@@ -53,16 +54,18 @@ def load_file(path: str | epath.PathLike) -> Any:
         try:
             return torch.load(f, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
+            allowed = [c.__module__ + "." + c.__qualname__ for c in SAFE_GLOBALS]
             raise ValueError(
-                f"refusing to load {str(path)!r}: it pickles a class outside the allow-list "
-                f"{[c.__module__ + '.' + c.__qualname__ for c in SAFE_GLOBALS]}, "
-                f"so loading it would run code. torch says: {_first_line(err)}"
+                f"refusing to load {str(path)!r}: it pickles {_pickled_name(err)}, which is "
+                f"not among the classes the originals' checkpoints hold {allowed}; loading it "
+                "would run code"
             ) from None
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return next((line for line in text if "GLOBAL" in line or "Unsupported" in line), text[0])
+def _pickled_name(err: Exception) -> str:
+    """The offending global of torch's weights-only error (or its first line)."""
+    match = re.search(r"GLOBAL (\S+)", str(err))
+    return repr(match.group(1)) if match else str(err).strip().splitlines()[0]
 
 
 def _is_state_dict(value: Any) -> bool:
