@@ -134,3 +134,26 @@ def test_released_presets_and_schedules():
         assert (cfg.embed_dim, cfg.num_heads, cfg.depth) == (64 * depth, depth, depth)
     with pytest.raises(ValueError, match="schedules for image sizes"):
         scale_schedule(384)
+
+
+def test_converted_vqvae_is_a_tokenizer_workdir_for_training(workdirs, tmp_path):
+    """train_generator accepts W/tokenizer for a VAR: it encodes digits and trains 2 steps."""
+    import ml_collections
+
+    from jaxar.recipes.generator import train_generator
+
+    c = ml_collections.ConfigDict()
+    c.seed, c.mesh = 0, dict(data=-1, fsdp=1, tensor=1)
+    c.data = dict(name="digits", image_size=8, channels=3, batch_size=8, seed=0)
+    c.tokenizer_workdir = str(workdirs / "var" / "tokenizer")
+    c.model = dict(family="var", preset="VAR-tiny", depth=1, num_classes=10)
+    c.loss = dict()
+    c.train = dict(num_steps=2, log_every=2, checkpoint_every=2, sample_every=0,
+                   keep_checkpoints=1, progress_bar=False, async_checkpoints=False,
+                   optimizer=dict(learning_rate=1e-3, warmup_steps=1, total_steps=2))  # fmt: skip
+    c.sampling = dict(cfg_scale=1.5, top_k=1)
+    train_generator(c, tmp_path / "gen")
+    with np.load(tmp_path / "gen" / "codes_train.npz") as codes:
+        assert codes["codes"].shape[1] == 30 and codes["codes"].max() < 16
+    trained = load_generator(tmp_path / "gen")
+    assert trained.model_config.patch_nums == (1, 2, 3, 4)
