@@ -64,7 +64,8 @@ def main() -> None:
         shared_aln=False, attn_l2_norm=True, flash_if_available=False, fused_if_available=False,
     )  # fmt: skip
     out["var_d16"], out["var_vae"] = shapes(var), shapes(vae)
-    OUT.write_text(json.dumps(out, indent=0, sort_keys=True))
+    lines = [f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(out.items())]
+    OUT.write_text("{\n" + ",\n".join(lines) + "\n}\n")  # one model per line
     print({k: len(v) for k, v in out.items()})
 
 
