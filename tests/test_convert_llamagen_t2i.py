@@ -11,7 +11,7 @@ import pytest
 
 from jaxar.convert import llamagen
 from jaxar.generators.gpt import GPT, caption_attention_mask
-from jaxar.sampling.autoregressive import make_sampler
+from jaxar.sampling.autoregressive import make_sampler, sample
 
 DATA = Path(__file__).parent / "data"
 
@@ -53,6 +53,10 @@ def test_sampling_with_caption_mask_matches_generate(converted, golden, name, se
     mask = golden["t2i_masks"] if masked else None
     codes = sampler(params, golden["t2i_captions"], jax.random.key(0), mask)
     np.testing.assert_array_equal(np.asarray(codes), golden["t2i_codes_" + name])
+    if name == "top1_cfg2":  # the convenience API takes the mask too
+        again = sample(cfg, params, golden["t2i_captions"], jax.random.key(1), caption_mask=mask,
+                       **settings)  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(again), golden["t2i_codes_" + name])
 
 
 def test_mask_semantics_and_errors(converted, golden):

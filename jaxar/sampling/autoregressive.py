@@ -193,8 +193,10 @@ def sample(
     num_tokens: int | None = None,
     return_logits: bool = False,
     decode_fn: Callable[[jax.Array], jax.Array] | None = None,
+    caption_mask: jax.Array | None = None,
 ) -> Any:
-    """Samples codes int32 [B, N] for ``labels`` [B] (t2i: captions [B, Lc, C]).
+    """Samples codes int32 [B, N] for ``labels`` [B] (t2i: captions [B, Lc, C], with an
+    optional ``caption_mask`` [B, Lc], 0 at padded caption tokens).
 
     Compiled samplers are cached per (config, options). ``decode_fn`` (codes [B, h, w] ->
     images) is applied to the result; with ``return_logits`` the result is
@@ -205,7 +207,7 @@ def sample(
         cfg_scale, cfg_schedule, cfg_interval, use_cfg, temperature, top_k, top_p, num_tokens,
         return_logits,
     )  # fmt: skip
-    out = _cached_sampler(model.config, opts)(params, labels, rng)
+    out = _cached_sampler(model.config, opts)(params, labels, rng, caption_mask)
     if decode_fn is None:
         return out
     codes, logits = out if return_logits else (out, None)
