@@ -57,3 +57,25 @@ def test_mismatched_config_is_rejected():
     bad["quant_conv.weight"] = np.zeros((5, 8, 1, 1), np.float32)
     with pytest.raises(ValueError, match="shape"):
         convert_state_dict(bad, CFG)
+
+
+def test_config_read_from_weights_and_cli(tmp_path):
+    from jaxar.convert import llamagen_vq
+    from jaxar.recipes.tokenizer import load_tokenizer
+
+    state = read_state_dict(CKPT)
+    with pytest.raises(ValueError, match="norm_groups=32"):  # LlamaGen's fixed 32 groups
+        llamagen_vq.infer_tokenizer_config(state)
+    assert llamagen_vq.infer_tokenizer_config(state, norm_groups=4) == CFG
+    with pytest.raises(ValueError, match="not a LlamaGen VQModel"):
+        llamagen_vq.infer_tokenizer_config({"x": np.zeros(1)})
+    orig = os.path.join(DATA, "llamagen_orig_vq.safetensors")  # LlamaGen's own VQModel, ch=32
+    with pytest.raises(SystemExit):  # --workdir needs --image-size
+        llamagen_vq.main(["--checkpoint", orig, "--workdir", str(tmp_path / "w")])
+    llamagen_vq.main(["--checkpoint", orig, "--out", str(tmp_path / "p.safetensors")])
+    params = llamagen_vq.load_flat_params(str(tmp_path / "p.safetensors"))
+    codebook = read_state_dict(orig)["quantize.embedding.weight"]
+    np.testing.assert_array_equal(params["quantizer"]["codebook"], codebook)
+    llamagen_vq.write_vq_workdir(CKPT, tmp_path / "w", 16, norm_groups=4)
+    tokenizer = load_tokenizer(tmp_path / "w")
+    assert tokenizer.config == CFG and tokenizer.image_size == 16

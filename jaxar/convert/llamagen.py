@@ -1,8 +1,8 @@
 """Load LlamaGen GPT checkpoints (c2i and t2i ``Transformer`` state dicts) into ``GPT`` params.
 
-Accepts ``.pt``/``.pth``/``.bin`` (``torch.load(..., weights_only=True)``; torch is the
-optional ``convert`` extra and is imported only here; weights under ``"model"`` (DDP),
-``"module"`` (DeepSpeed), ``"state_dict"`` or at the top level (FSDP)) or ``.safetensors``.
+Files are read by ``jaxar.convert.torch_io`` (no pickled code runs; released weights, LlamaGen
+training checkpoints ``{model, optimizer, steps, args[, ema]}`` with EMA weights preferred,
+DeepSpeed / FSDP layouts, ``.safetensors``).
 
 Mapping (torch Linear weights are [out, in], flax kernels [in, out]):
   tok_embeddings.weight                  -> tok_embeddings/embedding
@@ -17,9 +17,16 @@ Mapping (torch Linear weights are [out, in], flax kernels [in, out]):
   norm.weight, output.weight             -> norm/scale, output/kernel
 Buffers (``freqs_cis``, ``causal_mask``, KV caches) are skipped.
 
-CLI: ``python -m jaxar.convert.llamagen --checkpoint c2i_B_256.pt --preset GPT-B --out DIR``
-writes an orbax checkpoint of the params to ``DIR/params`` and the config to
-``DIR/config.json`` (read back with ``load_converted``).
+Read from the weights: vocabulary, width, depth, classes, GQA, SwiGLU width (and the caption
+size of t2i models). Not in them: heads (``--preset`` or ``--num-heads``) and tokens per image
+(``--image-size`` with the VQ's downsampling, ``--block-size``, or a stored ``freqs_cis``);
+missing or disagreeing values are errors.
+
+CLI (writes a complete workdir: ``W/tokenizer`` from the VQ, ``W`` the generator, with
+LlamaGen's sampling defaults; then ``load_generator(W)`` / ``experiments/sample.py``)::
+
+    python -m jaxar.convert.llamagen --gpt c2i_B_256.pt --vq vq_ds16_c2i.pt \
+        --preset GPT-B --image-size 256 --workdir W
 """
 
 from __future__ import annotations
@@ -37,44 +44,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxar.convert.llamagen_vq import write_vq_workdir
+from jaxar.convert.torch_io import read_weights
+from jaxar.convert.workdir import generator_config, write_workdir
 from jaxar.generators.gpt import GPT, GPT_CONFIGS, GPTConfig
 
 _BUFFERS = ("freqs_cis", "causal_mask", "kv_cache")
-_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.")
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """A flat name -> float32 numpy dict from a .pt/.pth/.bin or .safetensors file."""
-    path = str(path)
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        state = dict(load_file(path))
-    elif path.endswith((".pt", ".pth", ".bin", ".ckpt")):
-        import torch  # optional dependency ('convert' extra)
-
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("model", "module", "state_dict"):
-            if isinstance(raw, dict) and isinstance(raw.get(key), dict):
-                raw = raw[key]
-                break
-        state = {k: v.float().numpy() for k, v in raw.items() if isinstance(v, torch.Tensor)}
-    else:
-        raise ValueError(f"unsupported checkpoint {path!r} (expected .pt/.pth/.bin/.safetensors)")
-    out = {}
-    for key, value in state.items():
-        for prefix in _PREFIXES:
-            key = key.removeprefix(prefix)
-        out[key] = np.asarray(value, np.float32)
-    return out
+    """A flat name -> float32 numpy dict from any layout ``jaxar.convert.torch_io`` reads."""
+    return read_weights(path)[0]
 
 
-def infer_gpt_config(
-    state: dict[str, np.ndarray], preset: str | None = None, **overrides: Any
-) -> GPTConfig:
-    """Config from weight shapes (vocab, width, depth, classes, GQA, SwiGLU width, caption
-    size; block size from ``freqs_cis`` when stored), completed by ``preset`` / overrides.
-    Without a preset or ``num_heads`` override, heads default to ``dim // 64`` (LlamaGen)."""
+def _weight_shapes(state: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Everything the weights say: vocab, width, depth, classes / caption size, SwiGLU width."""
+    if "tok_embeddings.weight" not in state or "layers.0.attention.wqkv.weight" not in state:
+        raise ValueError(f"not a LlamaGen GPT state dict: keys {sorted(state)[:8]}")
     vocab, dim = state["tok_embeddings.weight"].shape
     layers = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
     found: dict[str, Any] = {"vocab_size": vocab, "dim": dim, "num_layers": len(layers)}
@@ -86,15 +72,69 @@ def infer_gpt_config(
         found["model_type"] = "c2i"
         found["num_classes"] = state["cls_embedding.embedding_table.weight"].shape[0] - 1
     found["ffn_dim"] = state["layers.0.feed_forward.w1.weight"].shape[0]
+    return {k: (int(v) if isinstance(v, np.integer) else v) for k, v in found.items()}
+
+
+def _block_size(state: dict, found: dict, overrides: dict, image_size, downsample) -> int:
+    """Tokens per image from --block-size, --image-size / the tokenizer's downsampling and the
+    stored ``freqs_cis``; every value given must agree, at least one is needed."""
+    sources = {}
+    if overrides.get("block_size"):
+        sources["--block-size"] = int(overrides["block_size"])
+    if image_size:
+        if image_size % downsample:
+            raise ValueError(f"--image-size {image_size} is not a multiple of {downsample}")
+        sources[f"--image-size {image_size} / {downsample}"] = (image_size // downsample) ** 2
     if "freqs_cis" in state:
-        found["block_size"] = state["freqs_cis"].shape[0] - found.get("cls_token_num", 1)
-    base = GPT_CONFIGS[preset] if preset else GPTConfig(num_heads=max(dim // 64, 1))
+        sources["the stored freqs_cis"] = state["freqs_cis"].shape[0] - found.get(
+            "cls_token_num", 1
+        )
+    if not sources:
+        raise ValueError(
+            "the image size is not in the weights: pass --image-size (256, 384, 512; with the "
+            "VQ tokenizer's downsampling, 16 unless --vq says otherwise) or --block-size"
+        )
+    if len(set(sources.values())) > 1:
+        raise ValueError(f"inconsistent tokens per image: {sources}")
+    return next(iter(sources.values()))
+
+
+def infer_gpt_config(
+    state: dict[str, np.ndarray],
+    preset: str | None = None,
+    image_size: int | None = None,
+    downsample: int = 16,
+    **overrides: Any,
+) -> GPTConfig:
+    """Config from the weight shapes (vocab, width, depth, classes, GQA, SwiGLU width, caption
+    size), checked against ``preset``; heads from ``preset`` or ``num_heads``; tokens per image
+    from ``image_size`` / ``downsample``, ``block_size`` or a stored ``freqs_cis`` (they must
+    agree). Missing or inconsistent values raise a ValueError saying what to pass."""
+    found = _weight_shapes(state)
+    base = GPT_CONFIGS[preset] if preset else GPTConfig()
+    if preset:
+        for name in ("dim", "num_layers"):
+            if getattr(base, name) != found[name]:
+                raise ValueError(
+                    f"preset {preset} has {name}={getattr(base, name)} but the weights have "
+                    f"{found[name]}; pick the matching --preset"
+                )
+    elif "num_heads" not in overrides:
+        presets = [n for n, c in GPT_CONFIGS.items() if (c.dim, c.num_layers) ==
+                   (found["dim"], found["num_layers"])]  # fmt: skip
+        raise ValueError(
+            f"the number of heads is not in the weights (dim {found['dim']}, "
+            f"{found['num_layers']} layers): pass --preset {presets or GPT_CONFIGS.keys()} "
+            "or --num-heads"
+        )
     heads = overrides.get("num_heads", base.num_heads)
-    head_dim = dim // heads
-    kv_rows = (state["layers.0.attention.wqkv.weight"].shape[0] - dim) // 2
-    found["num_kv_heads"] = None if kv_rows == dim else kv_rows // head_dim
-    found.update(overrides)
-    return dataclasses.replace(base, **found)
+    if found["dim"] % heads:
+        raise ValueError(f"--num-heads {heads} does not divide the width {found['dim']}")
+    kv_rows = (state["layers.0.attention.wqkv.weight"].shape[0] - found["dim"]) // 2
+    found["num_kv_heads"] = None if kv_rows == found["dim"] else kv_rows // (found["dim"] // heads)
+    found["block_size"] = _block_size(state, found, overrides, image_size, downsample)
+    values = {**found, **{k: v for k, v in overrides.items() if k != "block_size"}}
+    return dataclasses.replace(base, **values)
 
 
 def _linear(w: np.ndarray) -> np.ndarray:
@@ -187,50 +227,83 @@ def _check_shapes(params: dict, cfg: GPTConfig) -> None:
 def load_llamagen_gpt(
     path: str | Path, preset: str | None = None, **overrides: Any
 ) -> tuple[GPTConfig, dict]:
-    """Reads a LlamaGen GPT checkpoint -> (config, params)."""
+    """Reads a LlamaGen GPT checkpoint -> (config, params); see ``infer_gpt_config``."""
     state = read_state_dict(path)
     cfg = infer_gpt_config(state, preset, **overrides)
     return cfg, convert_gpt_state_dict(state, cfg)
 
 
-def save_converted(out_dir: str | Path, cfg: GPTConfig, params: dict) -> None:
-    """Orbax checkpoint of params at ``out_dir/params`` plus ``out_dir/config.json``."""
-    import orbax.checkpoint as ocp
-
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(out / "params", jax.tree.map(jnp.asarray, params), force=True)
-    checkpointer.wait_until_finished()
+# LlamaGen's c2i evaluation settings (paper / README: GPT-B 256 px, FID 5.46 at cfg 2.0).
+SAMPLING_DEFAULTS = {"cfg_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
-def load_converted(out_dir: str | Path) -> tuple[GPTConfig, dict]:
-    """Reads what ``save_converted`` wrote -> (config, params)."""
-    import orbax.checkpoint as ocp
+def write_gpt_workdir(
+    gpt: str | Path,
+    workdir: str | Path,
+    tokenizer_workdir: str | Path,
+    preset: str | None = None,
+    sampling: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> GPTConfig:
+    """Converts a LlamaGen c2i GPT into a ``train_generator``-style workdir whose tokenizer is
+    the (converted) ``tokenizer_workdir``; vocabulary and tokens per image are checked
+    against it. ``overrides``: GPTConfig fields (``num_heads``, ``block_size``)."""
+    from jaxar.recipes.tokenizer import load_tokenizer  # the reader of what we just wrote
 
-    out = Path(out_dir).resolve()
-    cfg = GPTConfig(**json.loads((out / "config.json").read_text()))
-    return cfg, ocp.StandardCheckpointer().restore(out / "params")
+    tokenizer = load_tokenizer(tokenizer_workdir)
+    state, source = read_weights(gpt)
+    cfg = infer_gpt_config(
+        state, preset, tokenizer.image_size, tokenizer.config.downsample_factor, **overrides
+    )
+    if cfg.model_type != "c2i":
+        raise ValueError(f"{gpt}: a t2i GPT; workdirs are written for c2i models only")
+    if cfg.vocab_size != tokenizer.vocab_size:
+        raise ValueError(
+            f"{gpt} has a {cfg.vocab_size}-code vocabulary, the tokenizer in "
+            f"{tokenizer_workdir} {tokenizer.vocab_size} codes: pass the matching --vq"
+        )
+    params = convert_gpt_state_dict(state, cfg)
+    origin = {"file": str(gpt), "weights": source, "original": "LlamaGen GPT", "preset": preset}
+    settings = {**SAMPLING_DEFAULTS, **(sampling or {})}
+    config = generator_config(tokenizer_workdir, "gpt", cfg, settings, tokenizer.image_size, origin)
+    write_workdir(workdir, params, config)
+    return cfg
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gpt", required=True, help="LlamaGen c2i GPT .pt/.pth/.safetensors")
+    parser.add_argument("--vq", help="LlamaGen VQ checkpoint (converted into WORKDIR/tokenizer)")
+    parser.add_argument("--tokenizer-workdir", help="or: an already converted tokenizer workdir")
+    parser.add_argument("--workdir", required=True, help="the generator workdir to write")
+    parser.add_argument("--preset", choices=sorted(GPT_CONFIGS), help="e.g. GPT-B (gives heads)")
+    parser.add_argument("--image-size", type=int, help="256, 384 or 512 (needed with --vq)")
+    parser.add_argument("--num-heads", type=int, help="instead of --preset")
+    parser.add_argument("--block-size", type=int, help="tokens per image (a cross-check)")
+    for name, value in SAMPLING_DEFAULTS.items():
+        kind = int if isinstance(value, int) else float
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=value,
+                            help=f"stored sampling default (LlamaGen: {value})")  # fmt: skip
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help=".pt/.pth/.bin/.safetensors file")
-    parser.add_argument("--preset", default=None, choices=sorted(GPT_CONFIGS))
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument(
-        "--block-size", type=int, default=None, help="tokens per image (576 at 384px)"
+    args = _parser().parse_args(argv)
+    if bool(args.vq) == bool(args.tokenizer_workdir):
+        raise SystemExit("pass exactly one of --vq (with --image-size) or --tokenizer-workdir")
+    tokenizer_workdir = args.tokenizer_workdir
+    if args.vq:
+        if args.image_size is None:
+            raise SystemExit("--vq needs --image-size (256, 384 or 512 for the releases)")
+        tokenizer_workdir = str(Path(args.workdir) / "tokenizer")
+        write_vq_workdir(args.vq, tokenizer_workdir, args.image_size)
+    overrides = {k: getattr(args, k) for k in ("num_heads", "block_size") if getattr(args, k)}
+    sampling = {k: getattr(args, k) for k in SAMPLING_DEFAULTS}
+    cfg = write_gpt_workdir(
+        args.gpt, args.workdir, tokenizer_workdir, args.preset, sampling, **overrides
     )
-    parser.add_argument("--num-heads", type=int, default=None)
-    args = parser.parse_args(argv)
-    overrides = {
-        k: v for k, v in (("block_size", args.block_size), ("num_heads", args.num_heads)) if v
-    }
-    cfg, params = load_llamagen_gpt(args.checkpoint, args.preset, **overrides)
-    save_converted(args.out, cfg, params)
-    count = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
-    print(json.dumps({"out": str(args.out), "params": count, "config": dataclasses.asdict(cfg)}))
+    print(json.dumps({"workdir": str(args.workdir), "tokenizer_workdir": tokenizer_workdir,
+                      "config": dataclasses.asdict(cfg)}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,21 +1,24 @@
 """Load LlamaGen's VQ tokenizer checkpoints (``VQModel`` state dicts) into ``Tokenizer`` params.
 
-Accepts a ``.pt``/``.pth`` file (``torch.load(..., weights_only=True)``; torch is the optional
-``convert`` extra and is imported only here) or a ``.safetensors`` file. A LlamaGen training
-checkpoint nests the weights under ``"model"``; both layouts work. Names map as
+Files are read by ``jaxar.convert.torch_io`` (no pickled code runs; released weights and
+LlamaGen training checkpoints, EMA weights preferred). The config is read from the weights
+(``infer_tokenizer_config``). Names map as
 ``encoder.conv_blocks.1.res.0.conv1.weight`` -> ``encoder/conv_blocks_1_res_0/conv1/kernel``;
 conv weights OIHW -> HWIO, GroupNorm ``weight`` -> ``scale``, ``quantize.embedding.weight`` ->
 ``quantizer/codebook``. Buffers (``quantize.codebook_used``) and discriminator/loss weights are
 dropped. The result is checked against the shapes of ``Tokenizer(cfg)``.
 
-CLI: ``python -m jaxar.convert.llamagen_vq --checkpoint vq_ds16_c2i.pt --out vq16.safetensors``
-writes the converted params as flat ``a/b/c`` keys (read back with ``load_flat_params``).
+CLI: ``python -m jaxar.convert.llamagen_vq --checkpoint vq_ds16_c2i.pt --image-size 256
+--workdir W`` writes a tokenizer workdir (``load_tokenizer(W)``, a valid ``tokenizer_workdir``
+for training); ``--out vq16.safetensors`` writes the params as flat ``a/b/c`` keys instead
+(read back with ``load_flat_params``).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,25 +26,44 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxar.tokenizers.autoencoder import PRESETS, Tokenizer, TokenizerConfig
+from jaxar.convert.torch_io import read_weights
+from jaxar.convert.workdir import tokenizer_config, write_workdir
+from jaxar.tokenizers.autoencoder import Tokenizer, TokenizerConfig
 
 _SKIP_PREFIXES = ("quantize.codebook_used", "discriminator.", "perceptual_loss.")
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """A flat name -> float32 numpy dict from a .pt/.pth or .safetensors file."""
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
+    """A flat name -> float32 numpy dict from any layout ``jaxar.convert.torch_io`` reads."""
+    return read_weights(path)[0]
 
-        return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
-    if path.endswith((".pt", ".pth", ".bin", ".ckpt")):
-        import torch  # optional dependency ('convert' extra)
 
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if "model" in state and isinstance(state["model"], dict):
-            state = state["model"]
-        return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
-    raise ValueError(f"unsupported checkpoint file {path!r} (expected .pt/.pth or .safetensors)")
+def _count(state: dict, pattern: str) -> int:
+    return len({m.group(1) for k in state if (m := re.match(pattern, k))})
+
+
+def infer_tokenizer_config(state: dict[str, np.ndarray], **fields: Any) -> TokenizerConfig:
+    """A ``TokenizerConfig`` read from a LlamaGen ``VQModel`` state dict: codebook size and
+    dim, ``ch``, ``ch_mult``, ``num_res_blocks``, ``z_channels``, image channels. Not in the
+    weights: ``norm_groups`` (32 in LlamaGen's code) and ``l2_norm`` (``codebook_l2_norm``,
+    True in every release); ``fields`` override them."""
+    for key in ("quantize.embedding.weight", "encoder.conv_in.weight", "encoder.conv_out.weight"):
+        if key not in state:
+            raise ValueError(f"not a LlamaGen VQModel state dict: missing {key!r}")
+    codebook_size, code_dim = state["quantize.embedding.weight"].shape
+    ch, image_channels = state["encoder.conv_in.weight"].shape[:2]
+    levels = _count(state, r"encoder\.conv_blocks\.(\d+)\.")
+    ch_mult = tuple(
+        int(state[f"encoder.conv_blocks.{i}.res.0.conv1.weight"].shape[0] // ch)
+        for i in range(levels)
+    )
+    found = dict(
+        image_channels=int(image_channels), ch=int(ch), ch_mult=ch_mult,
+        num_res_blocks=_count(state, r"encoder\.conv_blocks\.0\.res\.(\d+)\."),
+        z_channels=int(state["encoder.conv_out.weight"].shape[0]), norm_groups=32,
+        quantizer="vq", codebook_size=int(codebook_size), code_dim=int(code_dim), l2_norm=True,
+    )  # fmt: skip
+    return TokenizerConfig(**{**found, **fields})
 
 
 def _flax_path(key: str) -> tuple[str, ...]:
@@ -66,13 +88,23 @@ def _convert_value(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
 
 def convert_state_dict(state: dict[str, np.ndarray], cfg: TokenizerConfig) -> dict:
     """LlamaGen VQModel state dict -> nested ``Tokenizer(cfg)`` params (float32 jnp arrays)."""
+    return checked_tokenizer_params(flat_conv_params(state), cfg)
+
+
+def flat_conv_params(state: dict[str, np.ndarray]) -> dict[tuple[str, ...], jax.Array]:
+    """LlamaGen-named conv autoencoder entries -> flat jaxar ``Tokenizer`` params."""
     flat = {}
     for key, value in state.items():
         if key.startswith(_SKIP_PREFIXES):
             continue
         path = _flax_path(key)
         flat[path] = jnp.asarray(_convert_value(path, np.asarray(value, np.float32)))
-    size = 2 * cfg.downsample_factor
+    return flat
+
+
+def checked_tokenizer_params(flat: dict, cfg: TokenizerConfig) -> dict:
+    """Flat params checked (names and shapes) against ``Tokenizer(cfg)`` -> nested params."""
+    size = (cfg.scales[-1] if cfg.quantizer == "msvq" else 2) * cfg.downsample_factor
     images = jax.ShapeDtypeStruct((1, size, size, cfg.image_channels), jnp.float32)
     expected = jax.eval_shape(lambda x: Tokenizer(cfg).init(jax.random.key(0), x), images)
     expected = traverse_util.flatten_dict(nn.unbox(expected["params"]))
@@ -86,8 +118,22 @@ def convert_state_dict(state: dict[str, np.ndarray], cfg: TokenizerConfig) -> di
 
 
 def load_llamagen_vq(path: str, cfg: TokenizerConfig | None = None) -> dict:
-    """Reads and converts a LlamaGen VQ checkpoint; ``cfg`` defaults to the vq16 preset."""
-    return convert_state_dict(read_state_dict(path), cfg or PRESETS["vq16"])
+    """Reads and converts a LlamaGen VQ checkpoint; ``cfg`` defaults to the one the weights
+    describe (``infer_tokenizer_config``)."""
+    state = read_state_dict(path)
+    return convert_state_dict(state, cfg or infer_tokenizer_config(state))
+
+
+def write_vq_workdir(path: str, workdir, image_size: int, **fields: Any) -> TokenizerConfig:
+    """Converts a LlamaGen VQ checkpoint into a ``train_tokenizer``-style workdir (a valid
+    ``tokenizer_workdir``). ``image_size``: the images it encodes (256 / 384 / 512)."""
+    state, source = read_weights(path)
+    cfg = infer_tokenizer_config(state, **fields)
+    cfg.code_shape(image_size)  # checks divisibility
+    params = convert_state_dict(state, cfg)
+    origin = {"file": str(path), "weights": source, "original": "LlamaGen VQModel"}
+    write_workdir(workdir, {"model": params}, tokenizer_config(cfg, image_size, origin))
+    return cfg
 
 
 def load_flat_params(path: str) -> dict:
@@ -100,13 +146,22 @@ def load_flat_params(path: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="local LlamaGen .pt or .safetensors")
-    parser.add_argument("--preset", default="vq16", choices=sorted(PRESETS))
-    parser.add_argument("--out", required=True, help="output .safetensors")
+    parser.add_argument("--checkpoint", required=True, help="LlamaGen VQ .pt/.pth/.safetensors")
+    parser.add_argument("--workdir", help="write a tokenizer workdir here")
+    parser.add_argument("--image-size", type=int, help="image size the workdir encodes")
+    parser.add_argument("--out", help="or: write the params as one .safetensors file")
     args = parser.parse_args(argv)
+    if bool(args.workdir) == bool(args.out):
+        parser.error("pass exactly one of --workdir (with --image-size) or --out")
+    if args.workdir:
+        if args.image_size is None:
+            parser.error("--workdir needs --image-size (256, 384 or 512 for the releases)")
+        cfg = write_vq_workdir(args.checkpoint, args.workdir, args.image_size)
+        print(f"wrote tokenizer workdir {args.workdir}: {cfg}")
+        return
     from safetensors.numpy import save_file
 
-    params = load_llamagen_vq(args.checkpoint, PRESETS[args.preset])
+    params = load_llamagen_vq(args.checkpoint)
     flat = traverse_util.flatten_dict(params, sep="/")
     save_file({k: np.asarray(v) for k, v in flat.items()}, args.out)
     print(f"wrote {len(flat)} arrays to {args.out}")

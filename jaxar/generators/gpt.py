@@ -158,6 +158,27 @@ def check_int_input(name: str, x: Any, ndim: int, upper: int) -> None:
         raise ValueError(f"{name} values must be in [0, {upper}), got [{host.min()}, {host.max()}]")
 
 
+def caption_attention_mask(
+    caption_mask: jax.Array, query_positions: jax.Array, num_keys: int
+) -> jax.Array:
+    """LlamaGen's t2i attention mask: causal, no query sees a padded caption token (mask 0),
+    and every token sees itself (so a padded row is not empty).
+
+    caption_mask: [B, Lc] (1 / True = a real token); query_positions: [T] | [B, T] sequence
+    positions of the queries; num_keys: S key slots. -> bool [B, T, S]."""
+    caption_mask = jnp.asarray(caption_mask).astype(bool)
+    batch, lc = caption_mask.shape
+    if num_keys < lc:
+        raise ValueError(f"{num_keys} key slots cannot hold {lc} caption tokens")
+    key_ok = jnp.concatenate([caption_mask, jnp.ones((batch, num_keys - lc), bool)], axis=1)
+    queries = jnp.broadcast_to(
+        jnp.asarray(query_positions), (batch, jnp.shape(query_positions)[-1])
+    )
+    keys = jnp.arange(num_keys)[None, None, :]
+    causal = keys <= queries[:, :, None]
+    return (causal & key_ok[:, None, :]) | (keys == queries[:, :, None])
+
+
 def llamagen_layers(cfg: Any) -> list[TransformerBlock]:
     """LlamaGen's ``num_layers`` blocks (drop path rising linearly to ``drop_path``) for a
     ``GPTConfig`` or a config with the same transformer fields (``RandARConfig``). Assign the
@@ -280,13 +301,26 @@ class GPT(nn.Module):
         positions: jax.Array,
         cache: list[KVCache] | None,
         train: bool,
+        caption_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, list[KVCache] | None]:
-        """Transformer body: h [B, T, D] at sequence positions [T] | [B, T] -> logits [B, T, V]."""
+        """Transformer body: h [B, T, D] at sequence positions [T] | [B, T] -> logits [B, T, V].
+        ``caption_mask`` [B, Lc] (t2i): padded caption tokens are hidden from every query."""
         h = nn.with_logical_constraint(
             self.token_dropout(h, deterministic=not train), ("batch", "length", "embed")
         )
         rope = gather_rope(self.rope_table(), positions)
-        h, new_cache = run_blocks(self.layers, h, cache, rope=rope, train=train)
+        mask = None
+        if caption_mask is not None:
+            if self.config.model_type != "t2i":
+                raise ValueError("caption_mask is for t2i models only")
+            want = (h.shape[0], self.config.cls_token_num)
+            if tuple(jnp.shape(caption_mask)) != want:
+                raise ValueError(
+                    f"caption_mask must be {list(want)}, got {jnp.shape(caption_mask)}"
+                )
+            slots = h.shape[1] if cache is None else cache[0]["k"].shape[1]
+            mask = caption_attention_mask(caption_mask, positions, slots)
+        h, new_cache = run_blocks(self.layers, h, cache, rope=rope, mask=mask, train=train)
         logits = self.output(self.norm(h)).astype(jnp.float32)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab")), new_cache
 
@@ -297,8 +331,10 @@ class GPT(nn.Module):
         *,
         train: bool = False,
         force_drop: jax.Array | None = None,
+        caption_mask: jax.Array | None = None,
     ) -> jax.Array:
-        """Teacher-forced logits. codes: int [B, L] (L <= block_size) -> float32 [B, L, V]."""
+        """Teacher-forced logits. codes: int [B, L] (L <= block_size) -> float32 [B, L, V].
+        ``caption_mask`` (t2i): [B, Lc], 0 at padded caption tokens."""
         cfg = self.config
         check_int_input("codes", codes, 2, cfg.vocab_size)
         if codes.shape[1] > cfg.block_size:
@@ -307,24 +343,36 @@ class GPT(nn.Module):
             raise ValueError(f"batch of cond {jnp.shape(cond)} does not match codes {codes.shape}")
         prefix = self.embed_condition(cond, train=train, force_drop=force_drop)
         h = jnp.concatenate([prefix, self.tok_embeddings(codes[:, :-1])], axis=1)
-        logits, _ = self._run(h, jnp.arange(h.shape[1]), None, train)
+        logits, _ = self._run(h, jnp.arange(h.shape[1]), None, train, caption_mask)
         return logits[:, cfg.cls_token_num - 1 :]
 
     def prefill(
-        self, cond: jax.Array, cache: list[KVCache], *, force_drop: jax.Array | None = None
+        self,
+        cond: jax.Array,
+        cache: list[KVCache],
+        *,
+        force_drop: jax.Array | None = None,
+        caption_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, list[KVCache]]:
-        """Runs the prefix into an empty cache. Returns logits for codes[0] [B, V] and cache."""
+        """Runs the prefix into an empty cache. Returns logits for codes[0] [B, V] and cache.
+        ``caption_mask`` (t2i): [B, Lc], 0 at padded caption tokens."""
         prefix = self.embed_condition(cond, force_drop=force_drop)
-        logits, cache = self._run(prefix, jnp.arange(prefix.shape[1]), cache, False)
+        positions = jnp.arange(prefix.shape[1])
+        logits, cache = self._run(prefix, positions, cache, False, caption_mask)
         return logits[:, -1], cache
 
     def decode_step(
-        self, tokens: jax.Array, positions: jax.Array, cache: list[KVCache]
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        cache: list[KVCache],
+        caption_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, list[KVCache]]:
         """Feeds image tokens [B, S] at sequence positions [S] | [B, S] (code t sits at
-        ``cls_token_num + t``) after the cached ones. Returns logits [B, S, V] and cache."""
+        ``cls_token_num + t``) after the cached ones. Returns logits [B, S, V] and cache.
+        ``caption_mask`` (t2i): the prefill's [B, Lc] mask, hiding padded caption tokens."""
         check_int_input("tokens", tokens, 2, self.config.vocab_size)
-        return self._run(self.tok_embeddings(tokens), positions, cache, False)
+        return self._run(self.tok_embeddings(tokens), positions, cache, False, caption_mask)
 
 
 def init_gpt_cache(

@@ -117,6 +117,25 @@ class VARConfig:
         return lvl[None, :] <= lvl[:, None]
 
 
+# VAR's scale schedules (``--pn 256 / 512 / 1024`` in its utils/arg_util.py), by image size
+# for its 16x-downsampling VQVAE.
+SCALE_SCHEDULES: dict[int, tuple[int, ...]] = {
+    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
+    1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),
+}
+
+
+def scale_schedule(image_size: int) -> tuple[int, ...]:
+    """VAR's scale schedule for ``image_size`` (256, 512 or 1024)."""
+    if image_size not in SCALE_SCHEDULES:
+        raise ValueError(
+            f"VAR has scale schedules for image sizes {sorted(SCALE_SCHEDULES)}, not "
+            f"{image_size}; pass the scales explicitly (patch_nums)"
+        )
+    return SCALE_SCHEDULES[image_size]
+
+
 def _preset(depth: int, **kw: Any) -> VARConfig:
     """Released VAR-d{depth}: width 64 * depth, depth heads, drop path 0.1 * depth / 24."""
     return VARConfig(
@@ -129,6 +148,8 @@ VAR_CONFIGS: dict[str, VARConfig] = {
     "VAR-d20": _preset(20),  # 600M
     "VAR-d24": _preset(24),  # 1.0B
     "VAR-d30": _preset(30),  # 2.0B
+    # 512 px, shared adaLN ("d36-s": --saln=1 --pn=512 in VAR's README)
+    "VAR-d36": _preset(36, shared_aln=True, patch_nums=SCALE_SCHEDULES[512]),  # 2.3B
     # tests: 4 scales up to 4x4 (16x16 images with a downsample-4 tokenizer)
     "VAR-tiny": VARConfig(
         vocab_size=32, code_dim=4, depth=2, embed_dim=32, num_heads=2, num_classes=10,

@@ -70,9 +70,16 @@ def check_condition(cfg: GPTConfig, cond: Any) -> None:
 
 
 def generate(
-    model: GPT, params: Any, cond: jax.Array, rng: jax.Array, opts: SamplingOptions
+    model: GPT,
+    params: Any,
+    cond: jax.Array,
+    rng: jax.Array,
+    opts: SamplingOptions,
+    caption_mask: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """Traceable sampler body. cond: labels [B] or captions [B, Lc, C].
+    """Traceable sampler body. cond: labels [B] or captions [B, Lc, C]; ``caption_mask``
+    [B, Lc] (t2i, 0 at padded caption tokens; the unconditional CFG rows use it too, as
+    LlamaGen's ``generate(emb_masks=...)``).
 
     Returns codes int32 [B, N] (N = opts.num_tokens or block_size), plus the guided logits
     float32 [B, N, V] (before temperature / filtering) when ``opts.return_logits``.
@@ -85,12 +92,15 @@ def generate(
     if guided:
         cond = jnp.concatenate([cond, cond], axis=0)
         force_drop = jnp.arange(2 * batch) >= batch  # second half: null condition
+        if caption_mask is not None:
+            caption_mask = jnp.concatenate([caption_mask, caption_mask], axis=0)
     else:
         force_drop = None
     cache = init_gpt_cache(cfg, cond.shape[0], max_len=cfg.cls_token_num + num)
     logits, cache = model.apply(
-        {"params": params}, cond, cache, force_drop=force_drop, method=GPT.prefill
-    )
+        {"params": params}, cond, cache, force_drop=force_drop, caption_mask=caption_mask,
+        method=GPT.prefill,
+    )  # fmt: skip
 
     def pick(row_logits, t):  # [rows, V] -> token [B], guided logits [B, V]
         if guided:
@@ -108,8 +118,9 @@ def generate(
         fed = jnp.concatenate([token, token]) if guided else token
         positions = jnp.full((1,), cfg.cls_token_num - 1, jnp.int32) + t
         step_logits, cache = model.apply(
-            {"params": params}, fed[:, None], positions, cache, method=GPT.decode_step
-        )
+            {"params": params}, fed[:, None], positions, cache, caption_mask,
+            method=GPT.decode_step,
+        )  # fmt: skip
         token, guided_logits = pick(step_logits[:, 0], t)
         return (cache, token), (token, guided_logits if opts.return_logits else None)
 
@@ -126,15 +137,16 @@ def make_sampler(
     **sampling_kwargs: Any,
 ) -> Callable[[Any, jax.Array, jax.Array], Any]:
     """A jitted ``(params, labels [B], rng) -> codes int32 [B, N]`` (see ``SamplingOptions``
-    for ``sampling_kwargs``). With ``decode_fn`` (traceable, codes [B, h, w] -> images) the
+    for ``sampling_kwargs``); t2i: ``(params, captions [B, Lc, C], rng, caption_mask [B, Lc])``
+    (mask optional). With ``decode_fn`` (traceable, codes [B, h, w] -> images) the
     function returns images instead, decoded inside the same jit. The returned function
     checks concrete labels on the host, then calls the compiled sampler (``.jitted``)."""
     model = _model(model_or_cfg)
     opts = SamplingOptions(**sampling_kwargs)
     grid = model.config.grid_size
 
-    def run(params, cond, rng):
-        out = generate(model, params, cond, rng, opts)
+    def run(params, cond, rng, caption_mask=None):
+        out = generate(model, params, cond, rng, opts, caption_mask)
         if decode_fn is None:
             return out
         codes = out[0] if opts.return_logits else out
@@ -144,9 +156,16 @@ def make_sampler(
 
     jitted = jax.jit(run)
 
-    def sampler(params, cond, rng):
+    def sampler(params, cond, rng, caption_mask=None):
         check_condition(model.config, cond)
-        return jitted(params, cond, rng)
+        if caption_mask is None:
+            return jitted(params, cond, rng)
+        if jnp.shape(caption_mask) != jnp.shape(cond)[:2]:
+            raise ValueError(
+                f"caption_mask must be [B, Lc] = {list(jnp.shape(cond)[:2])}, "
+                f"got {jnp.shape(caption_mask)}"
+            )
+        return jitted(params, cond, rng, jnp.asarray(caption_mask, bool))
 
     sampler.jitted = jitted
     sampler.options = opts
@@ -174,8 +193,10 @@ def sample(
     num_tokens: int | None = None,
     return_logits: bool = False,
     decode_fn: Callable[[jax.Array], jax.Array] | None = None,
+    caption_mask: jax.Array | None = None,
 ) -> Any:
-    """Samples codes int32 [B, N] for ``labels`` [B] (t2i: captions [B, Lc, C]).
+    """Samples codes int32 [B, N] for ``labels`` [B] (t2i: captions [B, Lc, C], with an
+    optional ``caption_mask`` [B, Lc], 0 at padded caption tokens).
 
     Compiled samplers are cached per (config, options). ``decode_fn`` (codes [B, h, w] ->
     images) is applied to the result; with ``return_logits`` the result is
@@ -186,7 +207,7 @@ def sample(
         cfg_scale, cfg_schedule, cfg_interval, use_cfg, temperature, top_k, top_p, num_tokens,
         return_logits,
     )  # fmt: skip
-    out = _cached_sampler(model.config, opts)(params, labels, rng)
+    out = _cached_sampler(model.config, opts)(params, labels, rng, caption_mask)
     if decode_fn is None:
         return out
     codes, logits = out if return_logits else (out, None)

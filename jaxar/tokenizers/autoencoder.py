@@ -3,7 +3,8 @@
 ``Encoder``: conv_in, per resolution level ``num_res_blocks`` ResnetBlocks (+ AttnBlocks at the
 lowest resolution) and a Downsample between levels, a mid block (res, attn, res), GroupNorm,
 swish, conv_out to ``z_channels``. ``Decoder`` mirrors it with ``num_res_blocks + 1`` blocks per
-level. ``Tokenizer`` adds 1x1 ``quant_conv`` (z_channels -> code dim) and ``post_quant_conv``.
+level. ``Tokenizer`` adds ``quant_conv`` (z_channels -> code dim; 1x1, or 3x3 as VAR's VQVAE) and
+``post_quant_conv``.
 Module names follow LlamaGen's state dict (``conv_blocks_{i}_res_{j}`` <-> ``conv_blocks.i.res.j``)
 so that ``jaxar.convert.llamagen_vq`` converts released checkpoints by renaming.
 """
@@ -49,12 +50,15 @@ class TokenizerConfig:
     quant_resi: float = 0.5
     num_phi: int = 4
     fsq_levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)
+    quant_conv_kernel: int = 1  # quant_conv / post_quant_conv size (VAR's VQVAE: 3)
 
     def __post_init__(self):
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"unknown quantizer {self.quantizer!r}; known: {sorted(QUANTIZERS)}")
         if self.image_channels < 1 or self.ch < 1 or not self.ch_mult or self.num_res_blocks < 1:
             raise ValueError(f"bad tokenizer sizes in {self}")
+        if self.quant_conv_kernel < 1 or self.quant_conv_kernel % 2 == 0:
+            raise ValueError(f"quant_conv_kernel must be odd, got {self.quant_conv_kernel}")
         for width in [self.ch * m for m in self.ch_mult]:
             if width % self.norm_groups:
                 raise ValueError(f"norm_groups={self.norm_groups} does not divide width {width}")
@@ -213,9 +217,10 @@ class Tokenizer(nn.Module):
         self.encoder = Encoder(
             c.ch, c.ch_mult, c.num_res_blocks, c.z_channels, c.norm_groups, c.dropout
         )
-        self.quant_conv = conv(c.latent_dim, 1, padding=0, shard_out=False)
+        k = c.quant_conv_kernel
+        self.quant_conv = conv(c.latent_dim, k, padding=k // 2, shard_out=False)
         self.quantizer = make_quantizer(c)
-        self.post_quant_conv = conv(c.z_channels, 1, padding=0)
+        self.post_quant_conv = conv(c.z_channels, k, padding=k // 2)
         self.decoder = Decoder(
             c.ch, c.ch_mult, c.num_res_blocks, c.image_channels, c.norm_groups, c.dropout
         )
@@ -291,6 +296,16 @@ PRESETS: dict[str, TokenizerConfig] = {
     "vq16": TokenizerConfig(),
     # LlamaGen VQ-8.
     "vq8": TokenizerConfig(ch_mult=(1, 2, 2, 4)),
+    # VAR's VQVAE (vae_ch160v4096z32.pth): 4096 x 32 codes, 3x3 quant convs, 256 px scales.
+    "var_vqvae": TokenizerConfig(
+        ch=160,
+        z_channels=32,
+        quantizer="msvq",
+        codebook_size=4096,
+        code_dim=32,
+        l2_norm=False,
+        quant_conv_kernel=3,
+    ),  # fmt: skip
     # Tiny tokenizers for 16x16 grey digits (8x8 latent grid).
     "digits_vq": TokenizerConfig(**_DIGITS),
     "digits_rq": TokenizerConfig(**_DIGITS, quantizer="rq", rq_depth=2),
