@@ -198,7 +198,7 @@ class Checkpointer:
         """Finished steps as read back from storage now (waits for pending saves first)."""
         self.manager.wait_until_finished()
         self.manager.reload()
-        return sorted(self.manager.all_steps(read=True))
+        return sorted(self.manager.all_steps())
 
     def check_config(self, step: int, config: Any) -> None:
         """Raises ValueError when the config stored at ``step`` differs from ``config``."""
@@ -334,7 +334,7 @@ def _damage(step_dir) -> str | None:
     missing = [n for n in _STEP_FILES if not (step_dir / n).exists()]
     missing += [n for n in _STATE_FILES if not (step_dir / "state" / n).exists()]
     if missing:
-        return "missing-" + missing[0].strip("_").lower().replace(".", "-")
+        return "missing-" + missing[0].strip("_").lower().replace(".", "-").replace("_", "-")
     return None
 
 
