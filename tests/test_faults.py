@@ -110,7 +110,7 @@ def test_sigkill_during_a_save_then_resume(reference, tmp_path):
     workdir = tmp_path / "w"
     proc = _start(cache, workdir, NUM_STEPS, 1, tmp_path / "unused.npz", 0.002)
     checkpoints, deadline = workdir / "checkpoints", time.monotonic() + 120
-    while True:  # kill once an orbax temporary (unfinished) step directory appears after 3 kept steps
+    while True:  # kill once an orbax temporary (unfinished) step dir appears after 3 kept steps
         names = os.listdir(checkpoints) if checkpoints.is_dir() else []
         if any("tmp" in n for n in names) and len([n for n in names if n.isdigit()]) >= 3:
             proc.send_signal(signal.SIGKILL)
