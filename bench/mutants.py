@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", default="", help="comma-separated mutant ids")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--skip_baseline", action="store_true", help="trust the clean tree")
     args = parser.parse_args(argv)
     mutants = [m for m in MUTANTS if not args.only or m.id in args.only.split(",")]
     if args.list:
@@ -285,6 +286,11 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="jaxar_mutants_") as tmp:
         tree = Path(tmp)
         _copy_tree(tree)
+        if not args.skip_baseline:  # the covering tests must pass before any bug is planted
+            for group in sorted({(m.tests, m.select) for m in mutants}, key=str):
+                failed, _ = _run_tests(tree, Mutant("baseline", "", "", "", *group), args.timeout)
+                if failed:
+                    raise SystemExit(f"baseline failure (no bug planted) in {group}")
         for mutant in mutants:
             target = tree / mutant.path
             original = target.read_text()

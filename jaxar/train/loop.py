@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -41,13 +40,21 @@ from jaxar.train.checkpoint import CHECKPOINT_DIR, Checkpointer, CheckpointError
 from jaxar.train.images import save_image_grid
 from jaxar.train.metrics_writer import MetricsWriter
 from jaxar.train.optimizer import OptimizerConfig, learning_rate_at, make_optimizer
+from jaxar.train.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from jaxar.train.state import TrainState, create_train_state
 from jaxar.train.step import jit_train_step, make_train_step, to_global_batch
 from jaxar.train.task import Task
 
 log = logging.getLogger(__name__)
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, run again" (resumes)
+__all__ = [
+    "PREEMPTED_EXIT_CODE",
+    "NonFiniteError",
+    "Preempted",
+    "TrainConfig",
+    "check_run_dirs",
+    "fit",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,88 +95,13 @@ class NonFiniteError(FloatingPointError):
     """Raised when the loss or gradient norm stops being finite."""
 
 
-class Preempted(SystemExit):
-    """Raised by ``fit`` after a stop signal, once ``step`` is saved and read back from storage.
-
-    A ``SystemExit`` with code ``PREEMPTED_EXIT_CODE`` (75), so scripts exit with that status.
-    """
-
-    def __init__(self, step: int, signal_name: str, directory: Any):
-        super().__init__(PREEMPTED_EXIT_CODE)
-        self.step, self.signal_name, self.directory = step, signal_name, directory
-
-    def __str__(self) -> str:
-        return (
-            f"{self.signal_name}: checkpoint of step {self.step} is on disk in {self.directory}; "
-            f"exiting with status {PREEMPTED_EXIT_CODE}"
-        )
-
-
-def _preemption_service_active() -> bool:
-    try:
-        from jax._src import distributed
-
-        return distributed.global_state.preemption_sync_manager is not None
-    except (ImportError, AttributeError):
-        return False
-
-
-class _StopSignals:
-    """Traps SIGTERM/SIGINT and decides, identically on every process, when to stop."""
-
-    def __init__(self):
-        self.received: str | None = None
-        self.multi = jax.process_count() > 1
-        self.synced = self.multi and _preemption_service_active()
-        self._previous: dict[int, Any] = {}
-
-    def _handler(self, signum, frame):
-        del frame
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: abort now
-        self.received = signal.Signals(signum).name
-        log.warning("%s received: stopping after the current step", self.received)
-
-    def __enter__(self):
-        trapped = () if self.synced else (signal.SIGTERM, signal.SIGINT)
-        for signum in trapped:
-            try:
-                self._previous[signum] = signal.signal(signum, self._handler)
-            except ValueError:  # not the main thread: signals cannot be trapped
-                break
-        return self
-
-    def __exit__(self, *exc):
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous = {}
-
-    def should_stop(self, step: int) -> bool:
-        """Whether every process stops after ``step``. Call once per step on every process."""
-        if self.synced:
-            from jax.experimental import multihost_utils
-
-            if multihost_utils.reached_preemption_sync_point(step):
-                self.received = self.received or "SIGTERM"
-                return True
-            return False
-        if not self.multi:
-            return self.received is not None
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(np.int32(self.received is not None))
-        if np.any(flags) and self.received is None:
-            self.received = "stop signal on another process"
-        return bool(np.any(flags))
-
-
 class _Run:
     """Logging, checking, sampling and checkpointing around the step function."""
 
     def __init__(self, task, train_iter, config, workdir, mesh, rules, checkpoint_config, rngs):
         self.task, self.train_iter, self.config = task, train_iter, config
         self.workdir, self.mesh, self.rules = resolve(workdir), mesh, rules
-        self.stop_signals = _StopSignals()
+        self.stop_signals = StopSignals()
         self.checkpoint_config = checkpoint_config
         self.train_rng, self.sample_rng = rngs
         self.is_main = jax.process_index() == 0
