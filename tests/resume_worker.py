@@ -127,8 +127,8 @@ def checkpoint_config(num_steps: int) -> dict:
     return {"model": "tiny_mlp", "num_steps": num_steps}
 
 
-def train(workdir, num_steps: int, every: int, data_iter):
-    """``fit`` of the tiny task on a (2, 2, 2) mesh; -> final TrainState."""
+def train(workdir, num_steps: int, every: int, data_iter, mesh=None):
+    """``fit`` of the tiny task on a (2, 2, 2) mesh (default); -> final TrainState."""
     from jaxar.sharding import make_mesh
     from jaxar.train.loop import fit
 
@@ -137,7 +137,7 @@ def train(workdir, num_steps: int, every: int, data_iter):
         data_iter,
         config=train_config(num_steps, every),
         workdir=workdir,
-        mesh=make_mesh(2, 2, 2),
+        mesh=make_mesh(2, 2, 2) if mesh is None else mesh,
         rng_seed=0,
         checkpoint_config=checkpoint_config(num_steps),
     )
@@ -225,8 +225,31 @@ def _use_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def multi(workdir, num_steps, every, coordinator, num_processes, process_id, sleep_s) -> None:
+    """One of ``num_processes`` processes (2 devices each) training together; each feeds its
+    own half of every global batch of 8."""
+    from jaxar.distributed import initialize_distributed
+    from jaxar.sharding import make_mesh
+    from jaxar.train.loop import Preempted
+    from jaxar.train.preemption import _preemption_service_active
+
+    initialize_distributed(coordinator, num_processes, process_id)
+    data_iter = make_iterator(sleep_s, batch=BATCH // num_processes, seed=process_id)
+    try:
+        train(workdir, num_steps, every, data_iter, mesh=make_mesh(data=-1))
+    except Preempted as stop:
+        synced = _preemption_service_active()  # True: JAX's preemption sync decided the step
+        record = {"process": process_id, "step": stop.step, "synced": synced}
+        print(f"STOPPED {json.dumps(record)}", flush=True)
+        raise
+
+
 def main(argv: list[str]) -> None:
     _use_compilation_cache()
+    if argv[0] == "multi":
+        workdir, steps, every, coordinator, count, index, sleep_s = argv[1:8]
+        multi(workdir, int(steps), int(every), coordinator, int(count), int(index), float(sleep_s))
+        return
     if argv[0] == "chain":
         workdir, num_steps, every, out, seed, count, sleep_s = argv[1:8]
         chain(workdir, int(num_steps), int(every), out, int(seed), int(count), float(sleep_s))

@@ -129,6 +129,60 @@ def test_sigkill_during_a_save_then_resume(reference, tmp_path):
     _assert_same_params(ref_params, out)
 
 
+def test_sigterm_to_one_process_stops_every_process_at_the_same_step(reference, tmp_path):
+    """Two processes (2 CPU devices each): SIGTERM to process 1 only; both save one agreed
+    step (JAX's preemption sync, or the per-step all-gather) and exit 75."""
+    import socket
+
+    _, _, cache = reference
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workdir, env = tmp_path / "w", _env(cache)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                WORKER,
+                "multi",
+                str(workdir),
+                str(NUM_STEPS),
+                str(EVERY),
+                f"127.0.0.1:{port}",
+                "2",
+                str(i),
+                "0.01",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    try:
+        metrics, deadline = workdir / "metrics.jsonl", time.monotonic() + 150
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline
+            time.sleep(0.02)
+        procs[1].send_signal(signal.SIGTERM)
+        outputs = [p.communicate(timeout=150)[0] for p in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    stops = []
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == PREEMPTED_EXIT_CODE, output[-3000:]
+        (line,) = [x for x in output.splitlines() if x.startswith("STOPPED ")]
+        stops.append(json.loads(line[len("STOPPED ") :]))
+    print("stops:", stops)
+    assert stops[0]["step"] == stops[1]["step"] < NUM_STEPS, stops
+    stops = [s["step"] for s in stops]
+    assert stops[0] in _steps(workdir)
+
+
 # ---------------------------------------------------------------- damaged checkpoints
 
 
