@@ -203,6 +203,7 @@ DAMAGE = {
         "missing-checkpoint-metadata",
     ),
     "deleted-state": (lambda d: shutil.rmtree(d / "state"), "missing-state"),
+    "deleted-data": (lambda d: shutil.rmtree(d / "data"), "missing-data"),
 }
 
 

@@ -270,12 +270,15 @@ class Checkpointer:
         has_data = self._has_item(step, "data")
         if not hasattr(data_iter, "set_state"):
             data_iter = None  # plain iterators cannot be repositioned
-        if data_iter is not None and has_data:
+        if data_iter is not None and not has_data:
+            path = self.directory / str(step)
+            raise CorruptCheckpointError(
+                f"checkpoint {path} holds no data iterator state", step, "missing-data"
+            )
+        if data_iter is not None:
             items["data"] = ocp.args.JsonRestore()
         restored = self._restore_items(step, **items)
         if data_iter is not None:
-            if not has_data:
-                raise ValueError(f"checkpoint {self.directory}/{step} holds no data iterator state")
             _set_iterator_state(data_iter, restored["data"])
         return restored["state"]
 
@@ -321,18 +324,17 @@ class Checkpointer:
         self.manager.close()
 
 
-# Files orbax writes into every finished step (and its ``state`` item); a step lacking one
-# was damaged after its save (or by hand) and cannot be restored.
-_STEP_FILES = ("_CHECKPOINT_METADATA",)
-_STATE_FILES = ("_METADATA", "manifest.ocdbt")
-
-
 def _damage(step_dir) -> str | None:
-    """A short reason slug when a finished step directory is visibly incomplete, else None."""
-    if not (step_dir / "state").is_dir():
+    """A short reason slug when a finished step directory lacks a file orbax writes into
+    every step (``_CHECKPOINT_METADATA``; ``state/_METADATA``; ``state/manifest.ocdbt`` when
+    the arrays are in OCDBT ``ocdbt.process_*`` folders), else None."""
+    state = step_dir / "state"
+    if not state.is_dir():
         return "missing-state"
-    missing = [n for n in _STEP_FILES if not (step_dir / n).exists()]
-    missing += [n for n in _STATE_FILES if not (step_dir / "state" / n).exists()]
+    missing = [n for n in ("_CHECKPOINT_METADATA",) if not (step_dir / n).exists()]
+    missing += [n for n in ("_METADATA",) if not (state / n).exists()]
+    if any(state.glob("ocdbt.process_*")) and not (state / "manifest.ocdbt").exists():
+        missing.append("manifest.ocdbt")
     if missing:
         return "missing-" + missing[0].strip("_").lower().replace(".", "-").replace("_", "-")
     return None
