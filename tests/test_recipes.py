@@ -106,6 +106,14 @@ def test_tiny_demo_end_to_end(tmp_path):
         not np.array_equal(a, b)
         for a, b in zip(jax.tree.leaves(state["ema_params"]), jax.tree.leaves(state["params"]))
     )
+    # the sampling script end to end: counts, batches and outputs
+    out = tmp_path / "sampled"
+    flags = ["--num_samples", "5", "--batch_size", "2", "--cfg_scale", "1.5"]
+    _sample_script(["--workdir", str(tmp_path / "generator"), "--out", str(out), *flags])
+    with np.load(out / "samples.npz") as samples:
+        assert samples["arr_0"].shape[0] == 5 and samples["arr_0"].shape[-1] == 3
+        np.testing.assert_array_equal(samples["arr_1"], np.arange(5) % 10)
+    assert (out / "grid.png").stat().st_size > 0
 
 
 def test_generator_family_gpt_uses_tokenizer_vocab():
