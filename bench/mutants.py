@@ -127,6 +127,56 @@ MUTANTS = [
         "return logits * jnp.maximum(jnp.asarray(temperature, logits.dtype), 1e-5)",
         (S,),
     ),
+    # subtler ones (added after the first 27 were all caught)
+    Mutant(
+        "top-p-may-drop-top-token",
+        "jaxar/sampling/logits.py",
+        "keep = keep.at[..., 0].set(True)",
+        "keep = keep",
+        (S,),
+    ),
+    Mutant(
+        "cfg-interval-off-by-one",
+        "jaxar/sampling/logits.py",
+        "scale = jnp.where(step > interval + 1, 1.0, scale)",
+        "scale = jnp.where(step > interval, 1.0, scale)",
+        (S,),
+    ),
+    Mutant(
+        "greedy-is-sampled",
+        "jaxar/sampling/logits.py",
+        "if isinstance(temperature, int | float) and temperature == 0:",
+        "if isinstance(temperature, int | float) and temperature == 0 and False:",
+        (S,),
+    ),
+    Mutant(
+        "vq-ema-no-laplace-smoothing",
+        "jaxar/quantizers/vq.py",
+        "smoothed = (cluster_size + self.ema_eps) / (total + k * self.ema_eps) * total",
+        "smoothed = cluster_size",
+        (Q,),
+    ),
+    Mutant(
+        "dead-code-off-by-one",
+        "jaxar/quantizers/vq.py",
+        "dead = unused >= self.dead_code_steps  # [K]",
+        "dead = unused > self.dead_code_steps  # [K]",
+        (Q,),
+    ),
+    Mutant(
+        "gqa-head-mapping",
+        "jaxar/layers/attention.py",
+        "qg = q.reshape(b, t, hkv, groups, dh)",
+        "qg = q.reshape(b, t, groups, hkv, dh).swapaxes(2, 3)",
+        (L, "tests/test_gpt.py", "tests/test_convert_llamagen_t2i.py"),
+    ),
+    Mutant(
+        "resume-config-unchecked",
+        "jaxar/train/checkpoint.py",
+        "            self.check_config(step, config)\n        items =",
+        "            pass\n        items =",
+        (C,),
+    ),
     # attention and cache
     Mutant(
         "causal-mask-strict",
