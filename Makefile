@@ -8,7 +8,7 @@ JOBS ?= 2
 # read .pth files; the CPU wheel is pinned so no multi-GB CUDA build is pulled in.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv test demo bench lint clean
+.PHONY: venv test demo bench lint clean mutants
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,3 +36,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Plants single-line bugs in core modules and reports the share the tests catch (slow; not CI).
+mutants: $(STAMP)
+	$(PY) bench/mutants.py

@@ -9,14 +9,17 @@ labels), so the file feeds the ADM evaluator or ``experiments/evaluate.py`` dire
 """
 
 import argparse
-import os
 
 import jax
 import numpy as np
 
 from jaxar.eval.reference_npz import save_samples_npz
+from jaxar.paths import check_writable_dir
 from jaxar.recipes.generator import load_generator
+from jaxar.sampling.logits import check_sampling_settings
 from jaxar.train.images import save_image_grid
+
+OUTPUTS = ("samples.npz", "grid.png")
 
 
 def parse_args(argv=None):
@@ -32,11 +35,38 @@ def parse_args(argv=None):
     parser.add_argument("--top_p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_ema", action="store_true", help="use the raw (not EMA) weights")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser.parse_args(argv)
+
+
+def check_args(args) -> None:
+    """Fails before any work (SystemExit naming the flag and its accepted values)."""
+    for name in ("num_samples", "batch_size"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be an integer >= 1, got {getattr(args, name)}")
+    try:
+        check_sampling_settings(
+            "constant",
+            1.0 if args.temperature is None else args.temperature,
+            0 if args.top_k is None else args.top_k,
+            1.0 if args.top_p is None else args.top_p,
+            1.0 if args.cfg_scale is None else args.cfg_scale,
+        )
+    except ValueError as err:
+        raise SystemExit(f"--{err}") from None
+    try:
+        out = check_writable_dir(args.out, "--out folder")
+    except OSError as err:
+        raise SystemExit(f"--out must be a folder (existing or new): {err}") from None
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing and not args.overwrite:
+        raise SystemExit(f"--out {out} already holds {existing}; pass --overwrite or a new --out")
 
 
 def main(argv=None):
     args = parse_args(argv)
+    check_args(args)
+    out = check_writable_dir(args.out, "--out folder")
     generator = load_generator(args.workdir, use_ema=not args.no_ema)
     num_classes = generator.model_config.num_classes
     if args.labels:
@@ -52,13 +82,13 @@ def main(argv=None):
         rng, key = jax.random.split(rng)
         images.append(generator.sample(labels[start : start + args.batch_size], key, **sampling)[1])
     images = np.concatenate(images)
-    os.makedirs(args.out, exist_ok=True)
     rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
-    save_samples_npz(os.path.join(args.out, "samples.npz"), rgb, labels)
+    with (out / "samples.npz").open("wb") as f:
+        save_samples_npz(f, rgb, labels)
     shown = min(len(images), 100)
-    save_image_grid(images[:shown], os.path.join(args.out, "grid.png"), nrow=10,
+    save_image_grid(images[:shown], out / "grid.png", nrow=10,
                     labels=[str(int(c)) for c in labels[:shown]])  # fmt: skip
-    print(f"wrote {len(images)} samples to {args.out}/samples.npz and grid.png")
+    print(f"wrote {len(images)} samples to {out}/samples.npz and grid.png")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Train a generator on tokenized images.
 
 python experiments/train_generator.py --config CONFIG[:ARG] --workdir DIR [--set k=v ...]
+
+Exit status 75 (``jaxar.train.loop.PREEMPTED_EXIT_CODE``) after SIGTERM/SIGINT: the step named
+in the last log line is on disk; rerun the same command to resume.
 """
 
 import argparse

@@ -1,4 +1,8 @@
-"""Train a tokenizer: python experiments/train_tokenizer.py --config CONFIG[:ARG] --workdir DIR"""
+"""Train a tokenizer: python experiments/train_tokenizer.py --config CONFIG[:ARG] --workdir DIR
+
+Exit status 75 (``jaxar.train.loop.PREEMPTED_EXIT_CODE``) after SIGTERM/SIGINT: the step named
+in the last log line is on disk; rerun the same command to resume (no evaluation is run).
+"""
 
 import argparse
 

@@ -39,3 +39,39 @@ def join(path: PathLike, *parts: str) -> epath.Path:
     for part in parts:
         out = out / part
     return out
+
+
+def check_writable_dir(path: PathLike, what: str = "directory") -> epath.Path:
+    """Makes sure ``path`` is (or can be created as) a writable directory; returns it resolved.
+
+    Creates missing folders and writes then removes a small probe file (local or ``gs://``),
+    so a bad path fails before any work with a message naming it, instead of at the first
+    write. Raises NotADirectoryError when ``path`` (or a parent) is a file, PermissionError
+    when it cannot be created or written.
+    """
+    out = resolve(path)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{what} {out} exists and is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise NotADirectoryError(f"cannot create {what} {out}: a parent is a file ({err})") from err
+    except OSError as err:
+        raise PermissionError(f"cannot create {what} {out}: {err}") from err
+    probe = out / f".jaxar_write_probe_{os.getpid()}_{id(out)}"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"{what} {out} is not writable: {err}") from err
+    return out
+
+
+def check_writable_file(path: PathLike, what: str = "file") -> epath.Path:
+    """Checks that ``path`` can be written as a file: its folder is writable and ``path`` is
+    not a directory. Returns it resolved."""
+    out = resolve(path)
+    if out.is_dir():
+        raise IsADirectoryError(f"{what} {out} is a directory, expected a file")
+    check_writable_dir(out.parent, f"folder of {what}")
+    return out

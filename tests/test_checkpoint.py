@@ -158,3 +158,67 @@ def test_save_image_grid(tmp_path):
         save_image_grid(images.astype(np.float32), tmp_path / "x.png")
     with pytest.raises(ValueError, match="labels"):
         save_image_grid(images, tmp_path / "x.png", labels=["a"])
+
+
+def test_restore_latest_restores_the_newest_kept_step(tmp_path):
+    mesh = make_mesh(8, 1, 1)
+    _, _, state, shardings = _state_on(mesh)
+    checkpointer = Checkpointer(tmp_path, keep=3, async_save=False)
+    saved = {}
+    for step in (1, 2, 3, 4):  # keeps 2, 3, 4
+        state = state.replace(
+            step=jax.numpy.asarray(step, jax.numpy.int32),
+            params=jax.tree.map(lambda x: x + 1.0, state.params),
+        )
+        checkpointer.save(step, state)
+        saved[step] = jax.device_get(state.params)
+    assert checkpointer.all_steps() == [2, 3, 4]
+    restored = checkpointer.restore_latest(abstract_with_sharding(state, shardings))
+    checkpointer.close()
+    assert int(restored.step) == 4
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.params), saved[4])
+
+
+def test_a_failed_forced_save_is_an_error(tmp_path, monkeypatch):
+    from jaxar.train.checkpoint import CheckpointError
+
+    _, _, state, _ = _state_on(make_mesh(8, 1, 1))
+    checkpointer = Checkpointer(tmp_path, async_save=False)
+    monkeypatch.setattr(checkpointer.manager, "save", lambda *a, **k: False)
+    with pytest.raises(CheckpointError, match="declined the forced save of step 5"):
+        checkpointer.save(5, state, force=True)
+    checkpointer.close()
+
+
+def test_run_dirs_are_checked_before_the_first_step(tmp_path):
+    from jaxar.train.loop import check_run_dirs
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "checkpoints").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=r"checkpoint directory .*a/checkpoints .*file"):
+        check_run_dirs(tmp_path / "a")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="workdir .*file"):
+        check_run_dirs(tmp_path / "file" / "run")
+    (tmp_path / "b" / "samples").mkdir(parents=True)
+    (tmp_path / "b" / "samples" / "x").write_text("")
+    check_run_dirs(tmp_path / "b")  # existing folders are fine; probes leave nothing behind
+    assert sorted(os.listdir(tmp_path / "b")) == ["checkpoints", "samples", "tensorboard"]
+    os.chmod(tmp_path / "b" / "samples", 0o500)
+    try:
+        if os.access(tmp_path / "b" / "samples", os.W_OK):
+            pytest.skip("running as a user who can write read-only folders (root)")
+        with pytest.raises(PermissionError, match="samples directory .* not writable"):
+            check_run_dirs(tmp_path / "b")
+    finally:
+        os.chmod(tmp_path / "b" / "samples", 0o700)
+
+
+def test_fit_fails_fast_on_a_checkpoints_file(tmp_path):
+    (tmp_path / "checkpoints").write_text("oops")
+    config = TrainConfig(num_steps=2, optimizer=OPT, progress_bar=False)
+    start = __import__("time").monotonic()
+    with pytest.raises(NotADirectoryError, match="checkpoints"):
+        fit(make_task(), make_iterator(), config=config, workdir=tmp_path,
+            mesh=make_mesh(8, 1, 1), rng_seed=0)  # fmt: skip
+    assert __import__("time").monotonic() - start < 10

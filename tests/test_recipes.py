@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -95,6 +96,24 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert stored["model"]["family"] == "gpt" and "preset" not in stored["model"]
     assert stored["model"]["vocab_size"] == 256 and stored["model"]["block_size"] == 64
     assert load_generator(tmp_path / "generator").model_config.dim == stored["model"]["dim"]
+    # EMA weights when asked for, raw weights otherwise (and the two really differ)
+    state, _ = restore_for_eval(tmp_path / "generator")
+    ema = load_generator(tmp_path / "generator", use_ema=True).params
+    raw = load_generator(tmp_path / "generator", use_ema=False).params
+    jax.tree.map(np.testing.assert_array_equal, ema, state["ema_params"])
+    jax.tree.map(np.testing.assert_array_equal, raw, state["params"])
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(state["ema_params"]), jax.tree.leaves(state["params"]))
+    )
+    # the sampling script end to end: counts, batches and outputs
+    out = tmp_path / "sampled"
+    flags = ["--num_samples", "5", "--batch_size", "2", "--cfg_scale", "1.5"]
+    _sample_script(["--workdir", str(tmp_path / "generator"), "--out", str(out), *flags])
+    with np.load(out / "samples.npz") as samples:
+        assert samples["arr_0"].shape[0] == 5 and samples["arr_0"].shape[-1] == 3
+        np.testing.assert_array_equal(samples["arr_1"], np.arange(5) % 10)
+    assert (out / "grid.png").stat().st_size > 0
 
 
 def test_generator_family_gpt_uses_tokenizer_vocab():
@@ -133,3 +152,91 @@ def test_var_family_needs_a_multiscale_tokenizer():
 
     with pytest.raises(ValueError, match="msvq"):
         get_family("var").build({"family": "var", "preset": "VAR-digits"}, Tok(), {})
+
+
+def test_families_reject_model_sizes_that_do_not_match_the_tokenizer():
+    class Tok:
+        config = tokenizer_config_from({"preset": "digits_vq", "codebook_size": 48})
+        vocab_size, num_tokens = 48, 64
+
+    gpt = {"family": "gpt", "preset": "GPT-tiny", "dim": 32, "num_heads": 2}
+    with pytest.raises(ValueError, match=r"model.vocab_size=100 does not match.*vocab_size=48"):
+        get_family("gpt").build({**gpt, "vocab_size": 100}, Tok(), {})
+    with pytest.raises(ValueError, match=r"model.block_size=16 does not match.*block_size=64"):
+        get_family("gpt").build({**gpt, "block_size": 16}, Tok(), {})
+    for family, preset in (("maskgit", "MaskGIT-tiny"), ("randar", "RandAR-tiny")):
+        with pytest.raises(ValueError, match=r"model.vocab_size=47 does not match"):
+            get_family(family).build(
+                {"family": family, "preset": preset, "vocab_size": 47}, Tok(), {}
+            )
+
+
+SAMPLER_OPTIONS = [
+    ("jaxar.sampling.autoregressive", "SamplingOptions"),
+    ("jaxar.sampling.masked", "MaskedSamplingOptions"),
+    ("jaxar.sampling.random_order", "RandomOrderOptions"),
+    ("jaxar.sampling.rq", "RQSamplingOptions"),
+    ("jaxar.sampling.scalewise", "ScalewiseOptions"),
+]
+
+
+@pytest.mark.parametrize("module, name", SAMPLER_OPTIONS)
+@pytest.mark.parametrize("field, value, accepted", [
+    ("cfg_scale", float("nan"), "cfg_scale must be a finite number >= 0"),
+    ("cfg_scale", float("inf"), "cfg_scale must be a finite number >= 0"),
+    ("cfg_scale", -1.0, "cfg_scale must be a finite number >= 0"),
+    ("temperature", float("nan"), "temperature must be a finite number >= 0"),
+    ("temperature", float("inf"), "temperature must be a finite number >= 0"),
+    ("top_p", float("nan"), r"top_p must be a number in \(0, 1\]"),
+    ("top_p", 0.0, r"top_p must be a number in \(0, 1\]"),
+    ("top_k", -1, "top_k must be an int >= 0"),
+])  # fmt: skip
+def test_every_sampler_rejects_bad_settings(module, name, field, value, accepted):
+    import importlib
+
+    options = getattr(importlib.import_module(module), name)
+    options(**{field: 1.0 if field != "top_k" else 0})  # a good value passes
+    with pytest.raises(ValueError, match=accepted):
+        options(**{field: value})
+
+
+def _sample_script(argv):
+    import experiments.sample as script
+
+    return script.main(argv)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch_size", "0"], "--batch_size must be an integer >= 1, got 0"),
+    (["--num_samples", "-3"], "--num_samples must be an integer >= 1, got -3"),
+    (["--cfg_scale", "nan"], "--cfg_scale must be a finite number >= 0, got nan"),
+    (["--top_p", "1.5"], r"--top_p must be a number in \(0, 1\]"),
+])  # fmt: skip
+def test_sample_script_checks_flags_before_any_work(tmp_path, flags, message):
+    # the workdir does not exist: failing on it would mean the check came after loading
+    argv = ["--workdir", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), *flags]
+    with pytest.raises(SystemExit, match=message):
+        _sample_script(argv)
+
+
+def test_sample_script_refuses_existing_outputs(tmp_path):
+    (tmp_path / "file").write_text("keep me")
+    argv = ["--workdir", str(tmp_path / "missing"), "--out", str(tmp_path / "file")]
+    with pytest.raises(SystemExit, match=r"--out must be a folder.*is a file"):
+        _sample_script(argv)
+    assert (tmp_path / "file").read_text() == "keep me"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "samples.npz").write_bytes(b"old")
+    argv = ["--workdir", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=r"already holds \['samples.npz'\]; pass --overwrite"):
+        _sample_script(argv)
+    with pytest.raises(FileNotFoundError, match="missing"):  # --overwrite: goes on to load
+        _sample_script([*argv, "--overwrite"])
+
+
+def test_strict_restore_is_reachable_from_every_config():
+    for name in sorted(os.listdir(CONFIGS)):
+        if name.endswith(".py"):
+            config = load_config(os.path.join(CONFIGS, name))
+            apply_overrides(config, ["train.strict_restore=True"])
+            assert train_config_from(config).strict_restore is True, name

@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from jaxar.train.loop import PREEMPTED_EXIT_CODE
+
 WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
 NUM_STEPS, EVERY = 16, 4
 SLEEP_PER_EXAMPLE = 0.015  # slows the interrupted runs so signals land mid-run
@@ -79,10 +81,11 @@ def test_killed_and_preempted_runs_resume_exactly(tmp_path):
     run = _start(chain_dir, tmp_path / "unused.npz", SLEEP_PER_EXAMPLE)
     _wait_for_checkpoint(run, chain_dir, 2 * EVERY)
     run.send_signal(signal.SIGTERM)
-    _finish(run, expect_rc=0)
+    output = _finish(run, expect_rc=PREEMPTED_EXIT_CODE)
     stopped_at = max(_metrics_by_step(chain_dir))
     assert stopped_at < NUM_STEPS
     assert _checkpoint_steps(chain_dir)[-1] == stopped_at  # saved at the current step
+    assert f"SIGTERM: checkpoint of step {stopped_at} is on disk" in output
     # Run 3: resumes from the SIGTERM checkpoint and finishes.
     _finish(_start(chain_dir, tmp_path / "chain.npz"))
     _finish(clean)

@@ -32,6 +32,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         checkpoint_every=400,
         sample_every=400,
         keep_checkpoints=2,
+        strict_restore=False,  # True: a damaged latest checkpoint stops the run
         ema_decay=0.995,
         progress_bar=True,
         optimizer=dict(

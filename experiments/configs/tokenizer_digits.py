@@ -20,6 +20,7 @@ def get_config(arg: str = "vq") -> ml_collections.ConfigDict:
         checkpoint_every=300,
         sample_every=300,
         keep_checkpoints=2,
+        strict_restore=False,  # True: a damaged latest checkpoint stops the run
         ema_decay=0.99,
         progress_bar=True,
         optimizer=dict(

@@ -44,6 +44,7 @@ def get_config(arg: str = "vq16") -> ml_collections.ConfigDict:
     c.train = dict(
         num_steps=steps, log_every=100, checkpoint_every=5000, sample_every=5000,
         keep_checkpoints=3, ema_decay=None, compute_dtype="bfloat16", progress_bar=True,
+        strict_restore=False,  # True: a damaged latest checkpoint stops the run
         optimizer=dict(learning_rate=1e-4, warmup_steps=0, total_steps=steps, end_lr_ratio=1.0,
                        b1=0.9, b2=0.95, weight_decay=0.0, grad_clip_norm=1.0),
     )  # fmt: skip

@@ -23,6 +23,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.train = dict(
         num_steps=STEPS, log_every=100, checkpoint_every=5000, sample_every=10000,
         keep_checkpoints=3, ema_decay=None, compute_dtype="bfloat16", progress_bar=False,
+        strict_restore=False,  # True: a damaged latest checkpoint stops the run
         optimizer=dict(learning_rate=1e-4 * 768 / 256, warmup_steps=STEPS // 50,
                        total_steps=STEPS, end_lr_ratio=0.01, weight_decay=0.05, b2=0.95,
                        grad_clip_norm=2.0),

@@ -23,6 +23,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.train = dict(
         num_steps=1500, log_every=100, checkpoint_every=500, sample_every=0,
         keep_checkpoints=2, ema_decay=0.995, progress_bar=False,
+        strict_restore=False,  # True: a damaged latest checkpoint stops the run
         optimizer=dict(learning_rate=1e-3, warmup_steps=100, total_steps=1500,
                        weight_decay=0.05, b2=0.95, grad_clip_norm=2.0),
     )  # fmt: skip

@@ -38,13 +38,24 @@ def _preset_config(values: dict, presets: Callable[..., Any], cls: type, **deriv
     return dataclass_from(cls, {**base, **derived, **values})
 
 
+def _check_matches_tokenizer(family: str, cfg: Any, expected: dict[str, Any]) -> None:
+    """Raises ValueError when a model field the tokenizer fixes was set to another value."""
+    for field, value in expected.items():
+        got = getattr(cfg, field)
+        if got != value:
+            raise ValueError(
+                f"model.{field}={got!r} does not match the tokenizer, which needs "
+                f"model.{field}={value!r} for family {family!r}; drop the override (it is "
+                f"derived from the tokenizer) or use a matching tokenizer_workdir"
+            )
+
+
 def _gpt_build(model: dict, tokenizer, loss: dict):
     from jaxar.generators.gpt import GPTConfig, gpt_config, make_gpt_task
 
-    cfg = _preset_config(
-        model, gpt_config, GPTConfig,
-        vocab_size=tokenizer.vocab_size, block_size=tokenizer.num_tokens,
-    )  # fmt: skip
+    derived = {"vocab_size": tokenizer.vocab_size, "block_size": tokenizer.num_tokens}
+    cfg = _preset_config(model, gpt_config, GPTConfig, **derived)
+    _check_matches_tokenizer("gpt", cfg, derived)
     return cfg, make_gpt_task(cfg, label_smoothing=loss.get("label_smoothing", 0.0))
 
 
@@ -73,11 +84,12 @@ def _token_family(
 
     def build(model: dict, tokenizer, loss: dict):
         module = importlib.import_module(config_module)
-        extra = {k: getattr(tokenizer.config, v) for k, v in tokenizer_fields.items()}
+        derived = {k: getattr(tokenizer.config, v) for k, v in tokenizer_fields.items()}
+        derived.update(vocab_size=tokenizer.vocab_size, block_size=tokenizer.num_tokens)
         cfg = _preset_config(
-            model, getattr(module, presets), getattr(module, config_cls),
-            vocab_size=tokenizer.vocab_size, block_size=tokenizer.num_tokens, **extra,
+            model, getattr(module, presets), getattr(module, config_cls), **derived
         )  # fmt: skip
+        _check_matches_tokenizer(model.get("family", config_module), cfg, derived)
         return cfg, getattr(module, make_task)(cfg, **loss)
 
     def sampler(cfg, tokenizer, sampling: dict):
@@ -102,10 +114,10 @@ def _var_build(model: dict, tokenizer, loss: dict):
     tok = tokenizer.config
     if tok.quantizer != "msvq":
         raise ValueError(f"VAR needs a multi-scale (msvq) tokenizer, got {tok.quantizer!r}")
-    cfg = _preset_config(
-        model, var_config, VARConfig,
-        vocab_size=tok.codebook_size, code_dim=tok.code_dim, patch_nums=tok.scales,
-    )  # fmt: skip
+    derived = {"vocab_size": tok.codebook_size, "code_dim": tok.code_dim,
+               "patch_nums": tuple(tok.scales)}  # fmt: skip
+    cfg = _preset_config(model, var_config, VARConfig, **derived)
+    _check_matches_tokenizer("var", cfg, derived)
     quantizer_params = tokenizer.variables["params"]["quantizer"]
     task = make_var_task(cfg, make_quantizer(tok), quantizer_params, **loss)
     return cfg, task

@@ -7,8 +7,11 @@ Integer/float hyperparameters that change shapes (``top_k``) must be static Pyth
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 CFG_SCHEDULES = ("constant", "linear")
 
@@ -98,15 +101,31 @@ def sample_from_logits(
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-def check_sampling_settings(cfg_schedule: str, temperature: float, top_k: int, top_p: float):
-    """The checks every sampler's options share; raises ValueError naming the bad value."""
+def check_sampling_settings(
+    cfg_schedule: str,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    cfg_scale: float = 1.0,
+) -> None:
+    """The checks every sampler's options share; raises ValueError naming the bad field and
+    its accepted values. NaN and infinities are rejected (``--cfg_scale nan`` would otherwise
+    sample from NaN logits)."""
     if cfg_schedule not in CFG_SCHEDULES:
         raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {cfg_schedule!r}")
-    if temperature < 0 or top_k < 0 or not 0.0 < top_p <= 1.0:
-        raise ValueError(
-            "need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got "
-            f"temperature={temperature}, top_k={top_k}, top_p={top_p}"
-        )
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0 = no top-k), got {top_k!r}")
+    ranges = {
+        "cfg_scale": (cfg_scale, "a finite number >= 0", lambda v: v >= 0.0),
+        "temperature": (temperature, "a finite number >= 0 (0 = greedy)", lambda v: v >= 0.0),
+        "top_p": (top_p, "a number in (0, 1]", lambda v: 0.0 < v <= 1.0),
+    }
+    for name, (value, accepted, ok) in ranges.items():
+        if isinstance(value, jax.core.Tracer):
+            continue  # traced values are checked by whoever made them
+        number = float(np.asarray(value))
+        if not (math.isfinite(number) and ok(number)):
+            raise ValueError(f"{name} must be {accepted}, got {value!r}")
 
 
 def is_guided(cfg_scale: float, cfg_schedule: str) -> bool:

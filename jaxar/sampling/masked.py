@@ -60,7 +60,9 @@ class MaskedSamplingOptions:
             raise ValueError("choice_temperature and temperature must be >= 0")
         if self.temperature_schedule not in TEMPERATURE_SCHEDULES:
             raise ValueError(f"temperature_schedule must be one of {TEMPERATURE_SCHEDULES}")
-        check_sampling_settings(self.cfg_schedule, self.temperature, self.top_k, self.top_p)
+        check_sampling_settings(
+            self.cfg_schedule, self.temperature, self.top_k, self.top_p, self.cfg_scale
+        )
         check_mask_schedule(self.mask_schedule)
 
     @property

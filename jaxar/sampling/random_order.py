@@ -86,7 +86,9 @@ class RandomOrderOptions:
     def __post_init__(self):
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
-        check_sampling_settings(self.cfg_schedule, self.temperature, self.top_k, self.top_p)
+        check_sampling_settings(
+            self.cfg_schedule, self.temperature, self.top_k, self.top_p, self.cfg_scale
+        )
 
     @property
     def guided(self) -> bool:

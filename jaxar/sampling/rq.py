@@ -42,7 +42,9 @@ class RQSamplingOptions:
     return_logits: bool = False
 
     def __post_init__(self):
-        check_sampling_settings(self.cfg_schedule, self.temperature, self.top_k, self.top_p)
+        check_sampling_settings(
+            self.cfg_schedule, self.temperature, self.top_k, self.top_p, self.cfg_scale
+        )
 
     @property
     def guided(self) -> bool:

@@ -27,7 +27,7 @@ import numpy as np
 from jaxar.generators.gpt import check_int_input
 from jaxar.generators.var import VAR, VARConfig, init_var_cache
 from jaxar.quantizers.multiscale import MultiScaleQuantizer, resize
-from jaxar.sampling.logits import cfg_combine, sample_from_logits
+from jaxar.sampling.logits import cfg_combine, check_sampling_settings, sample_from_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +41,9 @@ class ScalewiseOptions:
     return_logits: bool = False
 
     def __post_init__(self):
-        if self.cfg_scale < 0 or self.temperature < 0 or self.top_k < 0:
-            raise ValueError(
-                f"need cfg_scale >= 0, temperature >= 0, top_k >= 0; got {self.cfg_scale}, "
-                f"{self.temperature}, {self.top_k}"
-            )
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_sampling_settings(
+            "constant", self.temperature, self.top_k, self.top_p, self.cfg_scale
+        )
 
     @property
     def guided(self) -> bool:

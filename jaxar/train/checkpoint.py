@@ -1,5 +1,12 @@
 """Orbax checkpoints of the train state, the grain iterator position and the config.
 
+Restoring falls back past damaged checkpoints: when the newest step cannot be read (truncated
+blob, missing metadata, deleted ``state/``), it is moved to
+``<workdir>/checkpoints.corrupt/<step>-<reason>`` (never deleted; the error is written next to
+it as ``ERROR.txt``), a warning names both steps, and the newest readable step is restored.
+``strict=True`` raises instead. Only process 0 moves files; all processes then wait at a
+barrier and re-read the step list.
+
 Layout: ``<workdir>/checkpoints/<step>/{state,data,config}``, written by one
 ``orbax.checkpoint.CheckpointManager`` (atomic via orbax temporary directories, async,
 keep-N). ``data`` is the JSON state of the data iterator (grain ``DatasetIterator.get_state()``
@@ -12,7 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,7 +33,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceShardin
 from jaxar.paths import join
 from jaxar.train.state import TrainState
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "checkpoints.corrupt"  # damaged steps moved aside, outside orbax's step listing
 ITEM_NAMES = ("state", "data", "config")
 
 # Config keys (at any nesting level) that may change between a run and its resumption:
@@ -38,6 +50,7 @@ RESUME_IGNORED_KEYS = frozenset(
         "keep_checkpoints",
         "async_checkpoints",
         "progress_bar",
+        "strict_restore",
         "workdir",
     }
 )
@@ -89,6 +102,18 @@ def config_differences(
         if a.get(key, "<missing>") != b.get(key, "<missing>"):
             differing.append(key)
     return differing
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, or is not on disk after its save."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A stored checkpoint cannot be read (``reason``: a short slug for the damage)."""
+
+    def __init__(self, message: str, step: int, reason: str):
+        super().__init__(message)
+        self.step, self.reason = step, reason
 
 
 def _iterator_state(data_iter: Any) -> dict[str, Any] | None:
@@ -162,7 +187,18 @@ class Checkpointer:
             items["data"] = ocp.args.JsonSave(iterator_state)
         if config is not None:
             items["config"] = ocp.args.JsonSave(to_json_config(config))
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        if force and not saved:
+            raise CheckpointError(
+                f"orbax declined the forced save of step {step} in {self.directory}"
+            )
+        return saved
+
+    def steps_on_disk(self) -> list[int]:
+        """Finished steps as read back from storage now (waits for pending saves first)."""
+        self.manager.wait_until_finished()
+        self.manager.reload()
+        return sorted(self.manager.all_steps())
 
     def check_config(self, step: int, config: Any) -> None:
         """Raises ValueError when the config stored at ``step`` differs from ``config``."""
@@ -182,30 +218,89 @@ class Checkpointer:
             )
 
     def restore_latest(
-        self, abstract_state: TrainState, data_iter: Any = None, config: Any = None
+        self,
+        abstract_state: TrainState,
+        data_iter: Any = None,
+        config: Any = None,
+        strict: bool = False,
     ) -> TrainState | None:
-        """Restores the newest checkpoint onto ``abstract_state``'s shardings.
+        """Restores the newest readable checkpoint onto ``abstract_state``'s shardings.
 
         Returns None when there is no checkpoint. Also moves ``data_iter`` to the stored
-        position and, when ``config`` is given, checks it against the stored one.
+        position and, when ``config`` is given, checks it against the stored one (a differing
+        config raises ValueError; it is not damage). Damaged newer steps are moved to
+        ``<workdir>/checkpoints.corrupt`` with a warning; ``strict=True`` raises
+        CorruptCheckpointError instead. When no step is readable, raises and moves nothing.
         """
-        step = self.latest_step()
-        if step is None:
-            return None
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        damaged: list[CorruptCheckpointError] = []
+        for step in steps:
+            try:
+                restored = self._restore_step(step, abstract_state, data_iter, config)
+            except CorruptCheckpointError as err:
+                if strict:
+                    raise CorruptCheckpointError(
+                        f"{err} (train.strict_restore=True: not falling back to an older step)",
+                        err.step,
+                        err.reason,
+                    ) from err
+                damaged.append(err)
+                continue
+            if damaged:
+                self._set_aside(damaged, step)
+            return restored
+        if damaged:
+            raise CorruptCheckpointError(
+                f"no readable checkpoint in {self.directory}: "
+                + "; ".join(f"step {e.step}: {e}" for e in damaged),
+                damaged[0].step,
+                damaged[0].reason,
+            )
+        return None
+
+    def _restore_step(self, step: int, abstract_state, data_iter, config) -> TrainState:
+        reason = _damage(self.directory / str(step))
+        if reason is not None:
+            raise CorruptCheckpointError(
+                f"checkpoint {self.directory / str(step)} is damaged ({reason})", step, reason
+            )
         if config is not None:
             self.check_config(step, config)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         has_data = self._has_item(step, "data")
         if not hasattr(data_iter, "set_state"):
             data_iter = None  # plain iterators cannot be repositioned
-        if data_iter is not None and has_data:
+        if data_iter is not None and not has_data:
+            path = self.directory / str(step)
+            raise CorruptCheckpointError(
+                f"checkpoint {path} holds no data iterator state", step, "missing-data"
+            )
+        if data_iter is not None:
             items["data"] = ocp.args.JsonRestore()
         restored = self._restore_items(step, **items)
         if data_iter is not None:
-            if not has_data:
-                raise ValueError(f"checkpoint {self.directory}/{step} holds no data iterator state")
             _set_iterator_state(data_iter, restored["data"])
         return restored["state"]
+
+    def _set_aside(self, damaged: list[CorruptCheckpointError], restored_step: int) -> None:
+        """Moves damaged steps out of orbax's listing (process 0), then all processes sync."""
+        corrupt = self.directory.parent / CORRUPT_DIR
+        for err in damaged:
+            target = corrupt / f"{err.step}-{err.reason}-{time.strftime('%Y%m%dT%H%M%S')}"
+            log.warning(
+                "checkpoint step %d cannot be read (%s): %s. Moved it to %s; resuming from "
+                "step %d instead. Set train.strict_restore=True to stop instead.",
+                err.step, err.reason, err, target, restored_step,
+            )  # fmt: skip
+            if jax.process_index() == 0:
+                corrupt.mkdir(parents=True, exist_ok=True)
+                (self.directory / str(err.step)).rename(target)
+                (target / "ERROR.txt").write_text(f"{err}\n")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jaxar_checkpoint_set_aside")
+        self.manager.reload()
 
     def _has_item(self, step: int, name: str) -> bool:
         return (self.directory / str(step) / name).is_dir()
@@ -215,7 +310,11 @@ class Checkpointer:
             return dict(self.manager.restore(step, args=ocp.args.Composite(**items)))
         except Exception as err:
             path = self.directory / str(step)
-            raise ValueError(f"could not restore checkpoint {path}: {err}") from err
+            raise CorruptCheckpointError(
+                f"could not restore checkpoint {path}: {type(err).__name__}: {err}",
+                step,
+                "unreadable",
+            ) from err
 
     def wait_until_finished(self) -> None:
         self.manager.wait_until_finished()
@@ -223,6 +322,22 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _damage(step_dir) -> str | None:
+    """A short reason slug when a finished step directory lacks a file orbax writes into
+    every step (``_CHECKPOINT_METADATA``; ``state/_METADATA``; ``state/manifest.ocdbt`` when
+    the arrays are in OCDBT ``ocdbt.process_*`` folders), else None."""
+    state = step_dir / "state"
+    if not state.is_dir():
+        return "missing-state"
+    missing = [n for n in ("_CHECKPOINT_METADATA",) if not (step_dir / n).exists()]
+    missing += [n for n in ("_METADATA",) if not (state / n).exists()]
+    if any(state.glob("ocdbt.process_*")) and not (state / "manifest.ocdbt").exists():
+        missing.append("manifest.ocdbt")
+    if missing:
+        return "missing-" + missing[0].strip("_").lower().replace(".", "-").replace("_", "-")
+    return None
 
 
 def _eval_target(metadata: Any, sharding: Any) -> dict[str, Any]:

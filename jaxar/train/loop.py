@@ -1,9 +1,21 @@
 """The generic training loop: ``fit(task, train_iter, config=..., workdir=..., mesh=...)``.
 
-Resumes from the latest checkpoint in ``workdir`` (train state and data iterator), logs
-metrics to TensorBoard, ``metrics.jsonl`` and stdout, writes PNG sample grids, stops on a
-non-finite loss (the last good checkpoint stays the latest), saves and exits on SIGTERM
-(preemption) and saves a final checkpoint.
+Resumes from the newest readable checkpoint in ``workdir`` (train state and data iterator;
+damaged newer steps are moved aside unless ``strict_restore``), logs metrics to TensorBoard,
+``metrics.jsonl`` and stdout, writes PNG sample grids, stops on a non-finite loss (the last
+good checkpoint stays the latest) and saves a final checkpoint. Every folder the run writes is
+checked before the first step.
+
+Preemption: SIGTERM or SIGINT at any moment (from the start of ``fit``) lets the current step
+finish, saves it, waits for the save, reads the step back from storage and raises
+``Preempted`` (a ``SystemExit`` with status ``PREEMPTED_EXIT_CODE`` = 75, ``EX_TEMPFAIL``:
+"rerun me"), so a script exits with 75 and its log names the step that is on disk. A second
+SIGINT aborts at once (KeyboardInterrupt). In a multi-process run started with
+``jax.distributed`` (its preemption service on, the default), JAX's coordination service
+owns SIGTERM: any host's notice makes every host stop at the same agreed step
+(``multihost_utils.reached_preemption_sync_point``) and all save that step; SIGINT is not
+trapped there (a local Ctrl-C cannot be agreed without a collective per step). Without the
+service, the processes agree on a stop with one tiny all-gather per step.
 """
 
 from __future__ import annotations
@@ -12,7 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,17 +34,27 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh
 
-from jaxar.paths import resolve
+from jaxar.paths import check_writable_dir, resolve
 from jaxar.sharding import DEFAULT_RULES, abstract_with_sharding, batch_sharding, use_mesh
-from jaxar.train.checkpoint import Checkpointer
+from jaxar.train.checkpoint import CHECKPOINT_DIR, Checkpointer, CheckpointError
 from jaxar.train.images import save_image_grid
 from jaxar.train.metrics_writer import MetricsWriter
 from jaxar.train.optimizer import OptimizerConfig, learning_rate_at, make_optimizer
+from jaxar.train.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from jaxar.train.state import TrainState, create_train_state
 from jaxar.train.step import jit_train_step, make_train_step, to_global_batch
 from jaxar.train.task import Task
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "PREEMPTED_EXIT_CODE",
+    "NonFiniteError",
+    "Preempted",
+    "TrainConfig",
+    "check_run_dirs",
+    "fit",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +72,7 @@ class TrainConfig:
     compute_dtype: str | None = None
     async_checkpoints: bool = True
     progress_bar: bool = True
+    strict_restore: bool = False  # True: a damaged latest checkpoint is an error, no fallback
 
     def __post_init__(self):
         for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
@@ -72,32 +95,13 @@ class NonFiniteError(FloatingPointError):
     """Raised when the loss or gradient norm stops being finite."""
 
 
-@contextlib.contextmanager
-def _sigterm_flag():
-    """Yields a dict whose ``"set"`` turns True on SIGTERM (main thread only)."""
-    flag = {"set": False}
-
-    def handler(signum, frame):
-        del signum, frame
-        flag["set"] = True
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: no handler
-        previous = None
-    try:
-        yield flag
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
 class _Run:
     """Logging, checking, sampling and checkpointing around the step function."""
 
     def __init__(self, task, train_iter, config, workdir, mesh, rules, checkpoint_config, rngs):
         self.task, self.train_iter, self.config = task, train_iter, config
         self.workdir, self.mesh, self.rules = resolve(workdir), mesh, rules
+        self.stop_signals = StopSignals()
         self.checkpoint_config = checkpoint_config
         self.train_rng, self.sample_rng = rngs
         self.is_main = jax.process_index() == 0
@@ -141,6 +145,17 @@ class _Run:
         config = self.checkpoint_config
         self.checkpointer.save(step, state, self.train_iter, config, force=force)
 
+    def save_and_confirm(self, state: TrainState, step: int) -> None:
+        """Saves ``step`` (unless already saved), waits, and checks it is on disk."""
+        if self.checkpointer.latest_step() != step:
+            self.save(state, step, force=True)
+        on_disk = self.checkpointer.steps_on_disk()  # waits; re-raises a failed async save
+        if step not in on_disk:
+            raise CheckpointError(
+                f"checkpoint of step {step} is not in {self.checkpointer.directory} after its "
+                f"save (steps on disk: {on_disk})"
+            )
+
     def close(self) -> None:
         self.checkpointer.close()
         if self.writer is not None:
@@ -163,7 +178,9 @@ def _initial_state(run: _Run, init_rng, first_batch, optimizer):
         ema=run.config.ema_decay is not None,
     )
     abstract = abstract_with_sharding(jax.eval_shape(lambda: state), shardings)
-    restored = run.checkpointer.restore_latest(abstract, run.train_iter, run.checkpoint_config)
+    restored = run.checkpointer.restore_latest(
+        abstract, run.train_iter, run.checkpoint_config, strict=run.config.strict_restore
+    )
     if restored is not None:
         log.info("resumed from step %d", int(restored.step))
         return restored, shardings, True
@@ -198,8 +215,11 @@ def fit(
 
     Raises:
       NonFiniteError: loss or grad norm became NaN/Inf (no checkpoint of that state is made).
-      SystemExit(0): after SIGTERM, once a checkpoint of the current step is saved.
+      Preempted: (SystemExit(75)) after SIGTERM/SIGINT, once the current step is on disk.
+      CheckpointError: a save failed or its step is not on disk afterwards.
+      NotADirectoryError / PermissionError: a folder the run writes is unusable.
     """
+    check_run_dirs(workdir, samples=bool(config.sample_every and task.sample_images))
     if checkpoint_config is None:
         checkpoint_config = dataclasses.asdict(config)
     init_rng, train_rng, sample_rng = jax.random.split(jax.random.key(rng_seed), 3)
@@ -207,7 +227,8 @@ def fit(
     run = _Run(
         task, train_iter, config, workdir, mesh, rules, checkpoint_config, (train_rng, sample_rng)
     )
-    try:
+    with run.stop_signals, contextlib.ExitStack() as stack:
+        stack.callback(run.close)
         first_batch = next(train_iter)
         state, shardings, resumed = _initial_state(run, init_rng, first_batch, optimizer)
         train_step = make_train_step(
@@ -219,8 +240,20 @@ def fit(
         )
         step_fn = jit_train_step(train_step, mesh, shardings, batch_sharding(mesh), rules=rules)
         return _train(run, state, step_fn, None if resumed else first_batch)
-    finally:
-        run.close()
+
+
+def check_run_dirs(workdir: str | os.PathLike, samples: bool = True) -> None:
+    """Fails fast (naming the path) unless the workdir, ``checkpoints/``, ``samples/`` and the
+    metrics outputs are writable directories or can be created as such."""
+    root = check_writable_dir(workdir, "workdir")
+    check_writable_dir(root / CHECKPOINT_DIR, "checkpoint directory")
+    if jax.process_index() != 0:
+        return  # only process 0 writes metrics and samples
+    check_writable_dir(root / "tensorboard", "TensorBoard directory")
+    if (root / "metrics.jsonl").is_dir():
+        raise IsADirectoryError(f"metrics file {root / 'metrics.jsonl'} is a directory")
+    if samples:
+        check_writable_dir(root / "samples", "samples directory")
 
 
 def _train(run: _Run, state: TrainState, step_fn, first_batch) -> TrainState:
@@ -232,7 +265,7 @@ def _train(run: _Run, state: TrainState, step_fn, first_batch) -> TrainState:
         disable=not (config.progress_bar and run.is_main),
         desc=run.task.name,
     )
-    with _sigterm_flag() as preempted, bar:
+    with bar:
         for step in range(start, config.num_steps):
             batch = first_batch if first_batch is not None else _next_batch(run.train_iter)
             first_batch = None
@@ -243,16 +276,29 @@ def _train(run: _Run, state: TrainState, step_fn, first_batch) -> TrainState:
             run.pending.append(metrics)
             done = step + 1
             bar.update(1)
-            _after_step(run, state, done, preempted["set"])
-            if preempted["set"]:
-                log.warning("SIGTERM: saved checkpoint at step %d, exiting", done)
-                run.checkpointer.wait_until_finished()
-                raise SystemExit(0)
+            _after_step(run, state, done)
+            # Read only now: a signal that arrived while _after_step waited on the device
+            # (or saved) still stops this step.
+            if done < config.num_steps and run.stop_signals.should_stop(done):
+                _stop(run, state, done)
         done = int(jax.device_get(state.step))
-        if run.checkpointer.latest_step() != done:
-            run.check_finite(done)
-            run.save(state, done, force=True)
+        run.check_finite(done)
+        run.save_and_confirm(state, done)
+    if run.stop_signals.received:
+        log.warning(
+            "%s received after the last step; step %d is on disk", run.stop_signals.received, done
+        )
     return state
+
+
+def _stop(run: _Run, state: TrainState, done: int):
+    """Saves step ``done``, checks it is on disk, raises Preempted."""
+    run.check_finite(done)  # a non-finite state is never saved
+    run.log(done)
+    run.save_and_confirm(state, done)
+    stop = Preempted(done, run.stop_signals.received or "stop", run.checkpointer.directory)
+    print(stop, file=sys.stderr, flush=True)
+    raise stop
 
 
 def _next_batch(train_iter):
@@ -262,17 +308,17 @@ def _next_batch(train_iter):
         return None
 
 
-def _after_step(run: _Run, state: TrainState, done: int, preempted: bool) -> None:
+def _after_step(run: _Run, state: TrainState, done: int) -> None:
     """Checks, logs, samples and checkpoints after train step number ``done``."""
     config = run.config
     is_log = done % config.log_every == 0
     is_checkpoint = done % config.checkpoint_every == 0 or done == config.num_steps
-    if is_log or is_checkpoint or preempted:
+    if is_log or is_checkpoint:
         run.check_finite(done)
     if is_log:
         run.log(done)
     if run.task.sample_images is not None and config.sample_every:
         if done % config.sample_every == 0:
             run.sample(state, done)
-    if is_checkpoint or preempted:
-        run.save(state, done, force=preempted)
+    if is_checkpoint:
+        run.save(state, done)
