@@ -45,11 +45,26 @@ def train_tiny_tokenizer(workdir, folder, steps: int = 1, codebook_size: int = 6
     c.train = dict(
         num_steps=steps, log_every=1, checkpoint_every=steps, sample_every=0,
         keep_checkpoints=2, ema_decay=None, progress_bar=False,
-        optimizer=dict(learning_rate=1e-3, warmup_steps=0, total_steps=max(steps, 1)),
+        optimizer=dict(learning_rate=1e-3, warmup_steps=0, total_steps=4),
     )  # fmt: skip
     c.preview_count = 2
     train_tokenizer(c, workdir)
     return workdir
+
+
+def shared_setup(tmp_path_factory, tokenizer_steps: int = 1):
+    """(image folder of 32 images, tokenizer trained ``tokenizer_steps`` steps on it), made
+    once per test session and shared by the codes tests."""
+    root = tmp_path_factory.getbasetemp() / "codes_shared"
+    images = root / "images"
+    if not images.exists():
+        write_image_folder(root / "images.tmp", 32)
+        (root / "images.tmp").rename(images)
+    tokenizer = root / f"tokenizer_{tokenizer_steps}"
+    if not tokenizer.exists():
+        train_tiny_tokenizer(root / f"tokenizer_{tokenizer_steps}.tmp", images, tokenizer_steps)
+        (root / f"tokenizer_{tokenizer_steps}.tmp").rename(tokenizer)
+    return images, tokenizer
 
 
 def generator_config(folder, tokenizer_workdir, steps: int, batch_size: int = 8, **codes):
@@ -60,7 +75,7 @@ def generator_config(folder, tokenizer_workdir, steps: int, batch_size: int = 8,
     c.data = data_config(folder, batch_size)
     c.tokenizer_workdir = str(tokenizer_workdir)
     c.codes_dir = None
-    c.codes = dict(shard_size=8, batch_size=8, read_threads=2, **codes)
+    c.codes = {**dict(augment="none", shard_size=8, batch_size=8, read_threads=2), **codes}
     c.model = dict(family="gpt", preset="GPT-tiny", num_layers=1, dim=32, num_heads=2,
                    num_classes=CLASSES, class_dropout_prob=0.0, token_dropout=0.0,
                    resid_dropout=0.0, ffn_dropout=0.0, attn_dropout=0.0)  # fmt: skip

@@ -239,8 +239,8 @@ def run_generator_epoch(args: argparse.Namespace) -> dict:
     from jaxar.recipes import generator
 
     recorder = _RecordIds()
-    make_dataset = generator.generator_dataset
-    generator.generator_dataset = lambda *a, **k: make_dataset(*a, **k).map(recorder)
+    make_dataset = generator.codes_dataset  # what generator_dataset reads, ids included
+    generator.codes_dataset = lambda *a, **k: make_dataset(*a, **k).map(recorder)
     config = codes_setup.generator_config(args.images, args.tokenizer, steps=args.steps)
     state = generator.train_generator(config, args.workdir)
     losses = []

@@ -153,14 +153,15 @@ def test_fit_task_needs_a_workdir():
         worker.run_fit_gpt(worker.argparse.Namespace(workdir=None))
 
 
-def test_two_processes_extract_and_train_one_epoch_through_train_generator(tmp_path):
+def test_two_processes_extract_and_train_one_epoch_through_train_generator(
+    tmp_path, tmp_path_factory
+):
     """Extraction and ``train_generator`` on 2 processes x 2 devices vs 1 process x 4 devices:
     the epoch visits every image exactly once (each process its own rows of every global
     batch), the global batches and loss curves are the same, and so are the extracted shards."""
     import codes_setup
 
-    images = codes_setup.write_image_folder(tmp_path / "images", 32)
-    tokenizer = codes_setup.train_tiny_tokenizer(tmp_path / "tokenizer", images)
+    images, tokenizer = codes_setup.shared_setup(tmp_path_factory)
     steps = 32 // 8  # one epoch at global batch 8
     common = ["--images", str(images), "--tokenizer", str(tokenizer), "--steps", str(steps)]
     two = _start("generator_epoch", "--workdir", str(tmp_path / "two"), *common)

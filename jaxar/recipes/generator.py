@@ -42,9 +42,14 @@ __all__ = ["FAMILIES", "LoadedGenerator", "generator_dataset", "load_generator",
 log = logging.getLogger(__name__)
 
 
+def _without_ids(batch: dict) -> dict:
+    return {"codes": batch["codes"], "label": batch["label"]}
+
+
 def generator_dataset(config: Any, tokenizer: LoadedTokenizer, workdir, split: str = "train"):
-    """The training batches ``{"codes", "label", "id"}`` (codes extracted first if needed)."""
-    return codes_dataset(config, ensure_codes(config, tokenizer, workdir, split))
+    """The training batches ``{"codes": int32 [B, L(, D)], "label": int32 [B]}`` of a split
+    (codes extracted first if needed; the example ids stay on the host)."""
+    return codes_dataset(config, ensure_codes(config, tokenizer, workdir, split)).map(_without_ids)
 
 
 def _preview_fn(family: Family, model_cfg, tokenizer: LoadedTokenizer, sampling: dict, classes):
