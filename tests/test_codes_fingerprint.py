@@ -75,6 +75,7 @@ def test_codes_follow_the_tokenizer_under_a_workdir(setup, tmp_path, monkeypatch
         ensure_codes(config, load_tokenizer(swapped), None)
 
 
+@pytest.mark.slow
 def test_generator_stores_a_resolved_tokenizer_reference(setup, tmp_path, monkeypatch):
     root, images, tok_a, tok_b = setup
     monkeypatch.chdir(root)
@@ -116,7 +117,8 @@ def test_missing_data_fields_are_named():
     assert check_data_config(ok, "train") == ok
 
 
-def test_extract_codes_script_then_train_reuses_them(setup, tmp_path):
+@pytest.mark.slow
+def test_extract_codes_script_writes_flip_codes(setup, tmp_path):
     _, images, tok_a, _ = setup
     script = os.path.join(REPO, "experiments", "extract_codes.py")
     config_file = tmp_path / "config.py"

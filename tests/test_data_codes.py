@@ -155,6 +155,7 @@ def _extract_in_subprocess(folder, out, delay: float) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sigkill_mid_extraction_then_rerun_gives_identical_shards(folder, tmp_path):
     reference = _extract_in_subprocess(folder, tmp_path / "whole", 0.0)
     killed = _extract_in_subprocess(folder, tmp_path / "killed", 0.15)

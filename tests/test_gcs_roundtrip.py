@@ -56,6 +56,7 @@ def _run(env, *args, expect_rc: int = 0) -> str:
     return output
 
 
+@pytest.mark.slow
 def test_extract_train_kill_resume_load_sample_on_gs(gcs_env, tmp_path_factory):
     images, tokenizer = codes_setup.shared_setup(tmp_path_factory)
     _run(gcs_env, "upload", str(tokenizer), "gs://bucket/tok")

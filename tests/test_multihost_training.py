@@ -153,6 +153,7 @@ def test_fit_task_needs_a_workdir():
         worker.run_fit_gpt(worker.argparse.Namespace(workdir=None))
 
 
+@pytest.mark.slow
 def test_two_processes_extract_and_train_one_epoch_through_train_generator(
     tmp_path, tmp_path_factory
 ):
