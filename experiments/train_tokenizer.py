@@ -7,7 +7,7 @@ in the last log line is on disk; rerun the same command to resume (no evaluation
 import argparse
 
 from jaxar.recipes.cli import setup
-from jaxar.recipes.images import image_arrays
+from jaxar.recipes.images import image_batches
 from jaxar.recipes.tokenizer import evaluate_tokenizer, load_tokenizer, train_tokenizer
 
 
@@ -16,8 +16,8 @@ def main(argv=None):
     parser.add_argument("--eval_split", default="test", help="split for the final PSNR/usage")
     config, args = setup(parser, argv)
     train_tokenizer(config, args.workdir)
-    images, _ = image_arrays(config.data, split=args.eval_split)
-    print(evaluate_tokenizer(load_tokenizer(args.workdir), images))
+    batches = image_batches(config.data, split=args.eval_split)  # streamed, never all in memory
+    print(evaluate_tokenizer(load_tokenizer(args.workdir), batches))
 
 
 if __name__ == "__main__":

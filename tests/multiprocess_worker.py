@@ -10,6 +10,7 @@ added to ``TASKS`` (a function ``args -> dict`` run after ``initialize_distribut
 Tasks: ``psum`` (global reductions of a batch split over processes) and ``train_gpt`` (the tiny
 GPT trained step by step) and ``fit_gpt`` (the same training through ``fit`` with checkpoints in
 ``--workdir``); in both each process feeds its own half of every global batch.
+``generator_epoch`` extracts an image folder's codes and trains through ``train_generator``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 _START = time.perf_counter()
 
@@ -218,13 +220,57 @@ def run_fit_gpt(args: argparse.Namespace) -> dict:
     }
 
 
-TASKS = {"psum": run_psum, "train_gpt": run_train_gpt, "fit_gpt": run_fit_gpt}
+class _RecordIds:
+    """A grain map that records the example ids of every batch it passes on (this process)."""
+
+    def __init__(self):
+        self.seen: list[list[int]] = []
+
+    def __call__(self, batch):
+        self.seen.append(np.asarray(batch["id"]).tolist())
+        return batch
+
+
+def run_generator_epoch(args: argparse.Namespace) -> dict:
+    """Extracts the codes of ``--images`` and trains the tiny GPT ``--steps`` steps through
+    ``train_generator`` (global batch 8); returns the ids of every local batch and the losses."""
+    import codes_setup
+
+    from jaxar.recipes import generator
+
+    recorder = _RecordIds()
+    make_dataset = generator.codes_dataset  # what generator_dataset reads, ids included
+    generator.codes_dataset = lambda *a, **k: make_dataset(*a, **k).map(recorder)
+    config = codes_setup.generator_config(args.images, args.tokenizer, steps=args.steps)
+    state = generator.train_generator(config, args.workdir)
+    losses = []
+    if jax.process_index() == 0:
+        lines = (Path(args.workdir) / "metrics.jsonl").read_text().splitlines()
+        losses = [json.loads(line)["loss"] for line in lines]
+    return {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "step": int(np.asarray(state.step)),
+        "ids": recorder.seen,
+        "losses": losses,
+    }
+
+
+TASKS = {
+    "psum": run_psum,
+    "train_gpt": run_train_gpt,
+    "fit_gpt": run_fit_gpt,
+    "generator_epoch": run_generator_epoch,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", choices=sorted(TASKS), default="psum")
     parser.add_argument("--workdir", default=None, help="fit_gpt: checkpoints and metrics")
+    parser.add_argument("--images", default=None, help="generator_epoch: image folder")
+    parser.add_argument("--tokenizer", default=None, help="generator_epoch: tokenizer workdir")
+    parser.add_argument("--steps", type=int, default=4, help="generator_epoch: train steps")
     distributed.add_distributed_flags(parser)
     args = parser.parse_args(argv)
     info = distributed.initialize_from_flags(args)

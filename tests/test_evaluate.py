@@ -161,6 +161,22 @@ def test_evaluate_tokenizer_dataset(workdirs, inception):
         assert np.isfinite(report[key]), key
     assert report["rfid"] > 0 and report["num_images"] == 40
     assert 0 < report["codebook_usage"] <= 1
+    # Streamed in batches of 16, it equals the whole-split computation.
+    from jaxar.eval.metrics import feature_statistics, frechet_distance
+    from jaxar.recipes.images import image_arrays
+    from jaxar.recipes.tokenizer import evaluate_tokenizer, load_tokenizer
+    from jaxar.train.checkpoint import restore_for_eval
+
+    tokenizer = load_tokenizer(workdirs["tokenizer"])
+    _, config = restore_for_eval(workdirs["tokenizer"])
+    images, _ = image_arrays(config["data"], split="test", limit=40)
+    recon = np.asarray(tokenizer.reconstruct(images))
+    real, fake = inception([to_rgb_uint8(images)])["pool"], inception([to_rgb_uint8(recon)])["pool"]
+    expected = frechet_distance(*feature_statistics(real), *feature_statistics(fake))
+    np.testing.assert_allclose(report["rfid"], expected, rtol=1e-4, atol=1e-6)
+    whole = evaluate_tokenizer(tokenizer, images, batch_size=40)
+    for key in ("psnr", "ssim", "codebook_usage", "perplexity"):
+        np.testing.assert_allclose(report[key], whole[key], rtol=1e-5, err_msg=key)
 
 
 def _cli(argv):

@@ -39,28 +39,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(task: str, *extra: str) -> list[subprocess.Popen]:
+def _start(
+    task: str, *extra: str, processes: int = NUM_PROCESSES, devices: int = DEVICES_PER_PROCESS
+) -> list[subprocess.Popen]:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     for name in ("JAXAR_COORDINATOR", "JAXAR_NUM_PROCESSES", "JAXAR_PROCESS_ID"):
         env.pop(name, None)
     address = f"127.0.0.1:{_free_port()}"
     return [
         subprocess.Popen(
             [sys.executable, WORKER, "--task", task, "--coordinator-address", address,
-             "--num-processes", str(NUM_PROCESSES), "--process-id", str(i), *extra],
+             "--num-processes", str(processes), "--process-id", str(i), *extra],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        for i in range(NUM_PROCESSES)
+        for i in range(processes)
     ]  # fmt: skip
 
 
-def _results(procs: list[subprocess.Popen]) -> list[dict]:
+def _results(procs: list[subprocess.Popen], timeout: int = 170) -> list[dict]:
     """Waits for the workers; returns their RESULT dicts in process order."""
     outputs = []
     try:
         for proc in procs:
-            outputs.append(proc.communicate(timeout=170)[0])
+            outputs.append(proc.communicate(timeout=timeout)[0])
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -71,7 +73,7 @@ def _results(procs: list[subprocess.Popen]) -> list[dict]:
         lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
         assert len(lines) == 1, out[-3000:]
         results.append(json.loads(lines[0][len("RESULT ") :]))
-    assert [r["process_index"] for r in results] == list(range(NUM_PROCESSES))
+    assert [r["process_index"] for r in results] == list(range(len(procs)))
     return results
 
 
@@ -149,3 +151,39 @@ def test_fit_across_processes_checkpoints_once(tmp_path):
 def test_fit_task_needs_a_workdir():
     with pytest.raises(ValueError, match="--workdir"):
         worker.run_fit_gpt(worker.argparse.Namespace(workdir=None))
+
+
+@pytest.mark.slow
+def test_two_processes_extract_and_train_one_epoch_through_train_generator(
+    tmp_path, tmp_path_factory
+):
+    """Extraction and ``train_generator`` on 2 processes x 2 devices vs 1 process x 4 devices:
+    the epoch visits every image exactly once (each process its own rows of every global
+    batch), the global batches and loss curves are the same, and so are the extracted shards."""
+    import codes_setup
+
+    images, tokenizer = codes_setup.shared_setup(tmp_path_factory)
+    steps = 32 // 8  # one epoch at global batch 8
+    common = ["--images", str(images), "--tokenizer", str(tokenizer), "--steps", str(steps)]
+    two = _start("generator_epoch", "--workdir", str(tmp_path / "two"), *common)
+    one = _start("generator_epoch", "--workdir", str(tmp_path / "one"), *common,
+                 processes=1, devices=NUM_PROCESSES * DEVICES_PER_PROCESS)  # fmt: skip
+    two, (one,) = _results(two, timeout=400), _results(one, timeout=400)
+    assert [r["step"] for r in (*two, one)] == [steps] * 3
+    assert [len(r["ids"]) for r in two] == [steps, steps] and len(one["ids"]) == steps
+    global_ids = [two[0]["ids"][s] + two[1]["ids"][s] for s in range(steps)]
+    seen = [i for batch in global_ids for i in batch]
+    assert sorted(seen) == list(range(32))  # the whole dataset, each image once
+    assert not set(sum(two[0]["ids"], [])) & set(sum(two[1]["ids"], []))
+    assert global_ids == one["ids"]  # the same global batches, in the same order
+    assert len(two[0]["losses"]) == steps and two[1]["losses"] == []  # process 0 logs
+    np.testing.assert_allclose(two[0]["losses"], one["losses"], rtol=0, atol=TOLERANCE)
+    # Both extractions wrote the same shards (4 shards of 8 images, 2 per process).
+    shard_dirs = [tmp_path / run / "codes" / "train" for run in ("two", "one")]
+    names = [sorted(p.name for p in d.glob("*.array_record")) for d in shard_dirs]
+    assert len(names[0]) == 4 and names[0] == names[1]
+    names = names[0]
+    for name in names:
+        assert (shard_dirs[0] / name).read_bytes() == (shard_dirs[1] / name).read_bytes(), name
+    index = json.loads((shard_dirs[0] / "index.json").read_text())
+    assert index["num_examples"] == 32 and index["layout"]["code_shape"] == [64]

@@ -85,7 +85,7 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["samples"] == json.loads(
         json.dumps(report["samples"])
     )
-    assert (tmp_path / "generator" / "codes_train.npz").exists()
+    assert (tmp_path / "generator" / "codes" / "train" / "index.json").exists()
     # checkpoints keep the full tokenizer / model config, not just a preset name
     from jaxar.recipes.generator import load_generator
     from jaxar.train.checkpoint import restore_for_eval

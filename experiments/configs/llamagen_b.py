@@ -25,6 +25,11 @@ def get_config(arg: str = "GPT-B") -> ml_collections.ConfigDict:
         random_flip=True, worker_count=8, eval_batch_size=256,
     )
     c.tokenizer_workdir = "runs/vq16"
+    # Codes are extracted once (experiments/extract_codes.py, or by train_generator when
+    # missing) to ArrayRecord shards; LlamaGen extracts ten crops (crop_range 1.1) of every image.
+    c.codes_dir = None  # default <workdir>/codes; e.g. gs://BUCKET/codes/llamagen_b
+    c.codes = dict(augment="ten_crop", crop_range=1.1, shard_size=1024, batch_size=320,
+                   read_threads=16, cache_dir=None)  # fmt: skip
     c.tokens = dict(vocab_size=16384, num_tokens=256)
     c.model = dict(family="gpt", preset=arg or "GPT-B", num_classes=1000)
     c.loss = dict(label_smoothing=0.0)

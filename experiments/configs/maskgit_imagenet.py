@@ -20,6 +20,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data = dict(name="tfds", tfds_name="imagenet2012", image_size=256, channels=3,
                   batch_size=256, seed=0)  # fmt: skip
     c.tokenizer_workdir = "gs://BUCKET/vq_f16_1024"
+    # Codes are extracted once (experiments/extract_codes.py, or by train_generator when
+    # missing) to ArrayRecord shards; MaskGIT trains with random flips.
+    c.codes_dir = None  # default <workdir>/codes; e.g. gs://BUCKET/codes/maskgit_imagenet
+    c.codes = dict(augment="flip", crop_range=1.1, shard_size=1024, batch_size=256,
+                   read_threads=16, cache_dir=None)  # fmt: skip
     c.model = dict(family="maskgit", preset="MaskGIT-ImageNet256", dtype="bfloat16")
     c.loss = dict()
     c.train = dict(

@@ -16,8 +16,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
-    c.data = dict(name="imagenet2012", image_size=256, channels=3, batch_size=768, seed=0)
+    c.data = dict(name="tfds", tfds_name="imagenet2012", data_dir=None, train_split="train",
+                  image_size=256, channels=3, batch_size=768, seed=0)  # fmt: skip
     c.tokenizer_workdir = "gs://BUCKET/vae_ch160v4096z32"
+    # Codes are extracted once (experiments/extract_codes.py, or by train_generator when
+    # missing) to ArrayRecord shards; VAR trains with random flips.
+    c.codes_dir = None  # default <workdir>/codes; e.g. gs://BUCKET/codes/var_d16
+    c.codes = dict(augment="flip", crop_range=1.1, shard_size=1024, batch_size=256,
+                   read_threads=16, cache_dir=None)  # fmt: skip
     c.model = dict(family="var", preset="VAR-d16", dtype="bfloat16")
     c.loss = dict(label_smoothing=0.0)
     c.train = dict(

@@ -291,6 +291,31 @@ def stored_config(workdir: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+class FeatureMoments:
+    """Running mean and covariance of feature rows, so features need not be kept in memory.
+
+    ``add(features [n, D])`` accumulates float64 sums; ``statistics()`` returns ``(mu [D],
+    sigma [D, D])`` as ``jaxar.eval.metrics.feature_statistics`` of all rows (unbiased)."""
+
+    def __init__(self):
+        self.count, self.sum, self.outer = 0, None, None
+
+    def add(self, features: np.ndarray) -> None:
+        x = np.asarray(features, np.float64)
+        if self.sum is None:
+            self.sum, self.outer = np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1]))
+        self.count += len(x)
+        self.sum += x.sum(axis=0)
+        self.outer += x.T @ x
+
+    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.count < 2:
+            raise ValueError(f"need at least 2 feature vectors for a covariance, got {self.count}")
+        mu = self.sum / self.count
+        sigma = (self.outer - self.count * np.outer(mu, mu)) / (self.count - 1)
+        return mu, sigma
+
+
 def evaluate_tokenizer_dataset(
     tokenizer_workdir: str | os.PathLike,
     *,
@@ -304,23 +329,27 @@ def evaluate_tokenizer_dataset(
     """rFID (real images vs their reconstructions), PSNR, SSIM, codebook usage / perplexity.
 
     ``data`` is a data config (``jaxar.recipes.images``); default: the one the tokenizer was
-    trained with. ``limit`` keeps the first images of the split (all are held in memory).
+    trained with. ``limit`` keeps the first images of the split. The split is streamed in
+    batches of ``batch_size``: only running sums and Inception feature moments are kept.
     """
-    from jaxar.recipes.images import image_arrays
+    from jaxar.recipes.images import image_batches
     from jaxar.recipes.tokenizer import evaluate_tokenizer, load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_workdir, use_ema=use_ema)
     data = stored_config(tokenizer_workdir)["data"] if data is None else data
-    images, _ = image_arrays(data, split=split, limit=limit)  # float [N,H,W,C] in [-1,1]
-    report = evaluate_tokenizer(tokenizer, images, batch_size=batch_size)
-    recon = np.concatenate([
-        np.asarray(tokenizer.reconstruct(images[i : i + batch_size]))
-        for i in range(0, len(images), batch_size)
-    ])  # fmt: skip
-    real = inception(_in_batches(images, inception.batch_size))["pool"]
-    fake = inception(_in_batches(recon, inception.batch_size))["pool"]
+    real, fake = FeatureMoments(), FeatureMoments()
+
+    def batches_with_features():
+        for batch in image_batches(data, split=split, limit=limit, batch_size=batch_size):
+            images = batch["image"]  # float [b,H,W,C] in [-1,1]
+            recon = np.asarray(tokenizer.reconstruct(images))
+            real.add(inception(_in_batches(images, inception.batch_size))["pool"])
+            fake.add(inception(_in_batches(recon, inception.batch_size))["pool"])
+            yield images
+
+    report = evaluate_tokenizer(tokenizer, batches_with_features(), batch_size=batch_size)
     report.update(
-        rfid=frechet_distance(*feature_statistics(real), *feature_statistics(fake)),
+        rfid=frechet_distance(*real.statistics(), *fake.statistics()),
         tokenizer=os.fspath(tokenizer_workdir),
         split=split,
         inception=inception.describe(),

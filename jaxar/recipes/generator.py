@@ -10,43 +10,46 @@ Experiment config (see ``experiments/configs/gpt_digits.py``)::
     train {num_steps, ..., optimizer {...}},
     sampling {cfg_scale, temperature, top_k, top_p, ...} (defaults for sampling)
 
-Codes use the flat layout of ``jaxar.recipes.codes``; they are cached in
-``workdir/codes_<split>.npz`` so a resumed run does not encode again.
+    codes_dir, codes {augment, shard_size, ...}         (jaxar.recipes.extraction)
+
+Codes use the flat layout of ``jaxar.recipes.codes`` and are extracted once to ArrayRecord
+shards (default ``<workdir>/codes/train``; every process encodes its own part), then read with
+grain, each process its own rows of every global batch. The stored config holds the
+tokenizer as a resolved reference ``tokenizer_ref = {workdir, step, ema, fingerprint}``, so
+``load_generator`` works from any directory and notices a different tokenizer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxar.data import make_array_dataset
 from jaxar.data.transforms import to_uint8
+from jaxar.paths import resolve
 from jaxar.recipes.config import as_dict, fit_from_config
+from jaxar.recipes.extraction import codes_dataset, ensure_codes
 from jaxar.recipes.families import FAMILIES, Family, get_family
-from jaxar.recipes.images import image_arrays
-from jaxar.recipes.tokenizer import LoadedTokenizer, encode_arrays, load_tokenizer
+from jaxar.recipes.tokenizer import LoadedTokenizer, load_tokenizer
 from jaxar.train.checkpoint import restore_for_eval
 
-__all__ = ["FAMILIES", "LoadedGenerator", "encoded_dataset", "load_generator", "train_generator"]
+__all__ = ["FAMILIES", "LoadedGenerator", "generator_dataset", "load_generator", "train_generator"]
+
+log = logging.getLogger(__name__)
 
 
-def encoded_dataset(config: Any, tokenizer: LoadedTokenizer, workdir, split: str = "train"):
-    """``{"codes": int32 [N, L(, D)], "label": int32 [N]}`` of a split, cached in workdir."""
-    path = os.path.join(os.fspath(workdir), f"codes_{split}.npz")
-    if os.path.exists(path):
-        with np.load(path) as stored:
-            return {"codes": stored["codes"], "label": stored["label"]}
-    images, labels = image_arrays(config.data, split=split)
-    arrays = {"codes": encode_arrays(tokenizer, images), "label": labels}
-    os.makedirs(os.fspath(workdir), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache
-    return arrays
+def _without_ids(batch: dict) -> dict:
+    return {"codes": batch["codes"], "label": batch["label"]}
+
+
+def generator_dataset(config: Any, tokenizer: LoadedTokenizer, workdir, split: str = "train"):
+    """The training batches ``{"codes": int32 [B, L(, D)], "label": int32 [B]}`` of a split
+    (codes extracted first if needed; the example ids stay on the host)."""
+    return codes_dataset(config, ensure_codes(config, tokenizer, workdir, split)).map(_without_ids)
 
 
 def _preview_fn(family: Family, model_cfg, tokenizer: LoadedTokenizer, sampling: dict, classes):
@@ -61,19 +64,24 @@ def _preview_fn(family: Family, model_cfg, tokenizer: LoadedTokenizer, sampling:
 
 
 def train_generator(config: Any, workdir: str | os.PathLike):
-    """Trains (or resumes) a generator on the tokenized dataset; returns the final state."""
+    """Trains (or resumes) a generator on the tokenized dataset; returns the final state.
+
+    Extracts the codes first when ``codes_dir`` (default ``<workdir>/codes``) lacks them."""
+    if not config.get("tokenizer_workdir"):
+        raise ValueError("tokenizer_workdir is not set: point it at a train_tokenizer workdir")
+    workdir = resolve(workdir)
     tokenizer = load_tokenizer(config.tokenizer_workdir)
     family = get_family(config.model.family)
     model_cfg, task = family.build(as_dict(config.model), tokenizer, as_dict(config.get("loss")))
-    arrays = encoded_dataset(config, tokenizer, workdir)
-    data = as_dict(config.data)
-    dataset = make_array_dataset(
-        arrays, global_batch_size=data["batch_size"], seed=data.get("seed", 0)
-    )
+    dataset = generator_dataset(config, tokenizer, workdir)
     sampling = as_dict(config.get("sampling"))
     preview = _preview_fn(family, model_cfg, tokenizer, sampling, family.num_classes(model_cfg))
     task = dataclasses.replace(task, sample_images=preview)
-    resolved = {"model": {"family": family.name, **dataclasses.asdict(model_cfg)}}
+    resolved = {
+        "model": {"family": family.name, **dataclasses.asdict(model_cfg)},
+        "tokenizer_workdir": tokenizer.workdir,
+        "tokenizer_ref": tokenizer.reference(),
+    }
     return fit_from_config(config, task, dataset, workdir, resolved)
 
 
@@ -100,12 +108,40 @@ class LoadedGenerator:
         return np.asarray(codes), np.asarray(images)
 
 
-def load_generator(workdir: str | os.PathLike, use_ema: bool = True, step: int | None = None):
-    """Restores a generator trained by ``train_generator`` (and its tokenizer)."""
+def _load_generator_tokenizer(config: dict, override: str | os.PathLike | None, use_ema: bool):
+    """The tokenizer a generator was trained on: ``override`` or the stored reference (new
+    checkpoints: ``tokenizer_ref``; older ones: a plain ``tokenizer_workdir`` string)."""
+    ref = config.get("tokenizer_ref") or {}
+    path = override or ref.get("workdir") or config.get("tokenizer_workdir")
+    if not path:
+        raise ValueError("the generator's config names no tokenizer; pass tokenizer_workdir=")
+    tokenizer = load_tokenizer(path, use_ema=ref.get("ema", use_ema))
+    expected = ref.get("fingerprint")
+    if expected and tokenizer.fingerprint != expected:
+        log.warning(
+            "tokenizer %s (step %s, fingerprint %s) is not the one the generator was trained "
+            "on (step %s, fingerprint %s): codes may decode wrongly",
+            tokenizer.workdir, tokenizer.step, tokenizer.fingerprint[:12], ref.get("step"),
+            expected[:12],
+        )  # fmt: skip
+    return tokenizer
+
+
+def load_generator(
+    workdir: str | os.PathLike,
+    use_ema: bool = True,
+    step: int | None = None,
+    tokenizer_workdir: str | os.PathLike | None = None,
+):
+    """Restores a generator trained by ``train_generator`` and its tokenizer.
+
+    ``tokenizer_workdir`` overrides the stored tokenizer reference (e.g. a moved tokenizer);
+    a tokenizer whose fingerprint differs from the stored one is loaded with a warning. The
+    tokenizer's EMA choice is the one the generator's codes were made with."""
     restored, config = restore_for_eval(workdir, step=step)
     if config is None:
         raise ValueError(f"checkpoint in {workdir} stores no config; cannot rebuild the model")
-    tokenizer = load_tokenizer(config["tokenizer_workdir"], use_ema=use_ema)
+    tokenizer = _load_generator_tokenizer(config, tokenizer_workdir, use_ema)
     family = get_family(config["model"]["family"])
     model_cfg, _ = family.build(config["model"], tokenizer, config.get("loss") or {})
     params = restored["ema_params"] if use_ema and restored.get("ema_params") else None

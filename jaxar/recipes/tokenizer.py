@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxar.eval.image_metrics import psnr, ssim
+from jaxar.paths import resolve
 from jaxar.recipes.codes import flat_length, flatten_codes, unflatten_codes
 from jaxar.recipes.config import as_dict, dataclass_from, fit_from_config
 from jaxar.recipes.images import image_arrays, image_dataset
@@ -64,6 +69,27 @@ class LoadedTokenizer:
     variables: dict
     image_size: int
     channels: int
+    workdir: str | None = None  # resolved (absolute path or URL) when loaded from a workdir
+    step: int | None = None
+    ema: bool = True  # EMA weights (when the checkpoint has them) rather than raw params
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the config, image shape and every weight: equal iff same tokenizer."""
+        digest = hashlib.sha256()
+        head = [dataclasses.asdict(self.config), self.image_size, self.channels]
+        digest.update(json.dumps(head, sort_keys=True, default=str).encode())
+        leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(self.variables))[0]
+        for path, leaf in leaves:
+            leaf = np.ascontiguousarray(leaf)
+            digest.update(f"{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape}".encode())
+            digest.update(leaf.tobytes())
+        return digest.hexdigest()
+
+    def reference(self) -> dict[str, Any]:
+        """What a generator stores about its tokenizer: where, which step, which weights."""
+        return {"workdir": self.workdir, "step": self.step, "ema": self.ema,
+                "fingerprint": self.fingerprint}  # fmt: skip
 
     @property
     def module(self) -> Tokenizer:
@@ -113,42 +139,65 @@ def _reconstruct(module: Tokenizer, variables: dict, images: jax.Array) -> jax.A
 
 
 def load_tokenizer(workdir: str | os.PathLike, use_ema: bool = True, step: int | None = None):
-    """Restores a tokenizer trained by ``train_tokenizer`` (EMA weights when present)."""
-    restored, config = restore_for_eval(workdir, step=step)
+    """Restores a tokenizer trained by ``train_tokenizer`` (EMA weights when present), on this
+    process's first device (every process of a multi-host run loads its own copy)."""
+    workdir = resolve(workdir)
+    local = Mesh(np.asarray(jax.local_devices()[:1]), ("replica",))
+    restored, config = restore_for_eval(workdir, mesh=local, step=step)
     if config is None:
         raise ValueError(f"checkpoint in {workdir} stores no config; cannot rebuild the tokenizer")
-    params = restored["ema_params"] if use_ema and restored.get("ema_params") else None
-    params = params or restored["params"]
+    has_ema = bool(use_ema and restored.get("ema_params"))
+    params = restored["ema_params"] if has_ema else restored["params"]
     variables = {"params": params["model"], **(restored.get("model_state") or {})}
     data = config["data"]
     return LoadedTokenizer(
-        tokenizer_config_from(config["tokenizer"]), variables, data["image_size"], data["channels"]
-    )
+        tokenizer_config_from(config["tokenizer"]), variables, data["image_size"], data["channels"],
+        workdir=os.fspath(workdir), step=int(restored["step"]), ema=has_ema,
+    )  # fmt: skip
+
+
+def _image_batches(images: Any, batch_size: int) -> Iterator[np.ndarray]:
+    """An array [N,H,W,C] (split into batches), or an iterable of arrays / {"image"} dicts."""
+    if isinstance(images, np.ndarray | jax.Array):
+        for i in range(0, len(images), batch_size):
+            yield np.asarray(images[i : i + batch_size])
+        return
+    for batch in images:
+        yield np.asarray(batch["image"] if isinstance(batch, dict) else batch)
 
 
 def encode_arrays(tokenizer: LoadedTokenizer, images: np.ndarray, batch_size: int = 256):
-    """Flat codes (numpy int32) of ``images`` float [N,H,W,C] in [-1,1], in batches."""
-    out = [
-        np.asarray(tokenizer.encode(images[i : i + batch_size]))
-        for i in range(0, len(images), batch_size)
-    ]
+    """Flat codes (numpy int32) of a small in-memory ``images`` float [N,H,W,C] in [-1,1].
+
+    Large splits are encoded to disk with ``jaxar.recipes.extraction.extract_codes``."""
+    out = [np.asarray(tokenizer.encode(b)) for b in _image_batches(images, batch_size)]
     return np.concatenate(out).astype(np.int32)
 
 
-def evaluate_tokenizer(tokenizer: LoadedTokenizer, images: np.ndarray, batch_size: int = 256):
-    """PSNR and SSIM (on images mapped to [0, 1]) and codebook usage / perplexity."""
-    recon = np.concatenate([
-        np.asarray(tokenizer.reconstruct(images[i : i + batch_size]))
-        for i in range(0, len(images), batch_size)
-    ])  # fmt: skip
-    codes = encode_arrays(tokenizer, images, batch_size)
-    counts = np.bincount(codes.reshape(-1), minlength=tokenizer.vocab_size).astype(np.float64)
+def evaluate_tokenizer(tokenizer: LoadedTokenizer, images: Any, batch_size: int = 256):
+    """PSNR and SSIM (on images mapped to [0, 1]) and codebook usage / perplexity.
+
+    ``images``: float [N,H,W,C] in [-1,1], or an iterable of such batches (or of
+    ``{"image": ...}`` dicts, e.g. ``jaxar.recipes.images.image_batches``), streamed: only
+    per-image sums and code counts are kept."""
+    counts = np.zeros(tokenizer.vocab_size, np.float64)
+    psnr_sum = ssim_sum = 0.0
+    num_images = 0
+    for batch in _image_batches(images, batch_size):
+        recon = np.asarray(tokenizer.reconstruct(batch))
+        codes = np.asarray(tokenizer.encode(batch)).reshape(-1)
+        counts += np.bincount(codes, minlength=tokenizer.vocab_size)
+        psnr_sum += float(np.sum(psnr((batch + 1) / 2, (recon + 1) / 2)))
+        ssim_sum += float(np.sum(ssim((batch + 1) / 2, (recon + 1) / 2)))
+        num_images += len(batch)
+    if num_images == 0:
+        raise ValueError("evaluate_tokenizer got no images")
     probs = counts / counts.sum()
     nonzero = probs[probs > 0]
     return {
-        "psnr": float(np.mean(psnr((images + 1) / 2, (recon + 1) / 2))),
-        "ssim": float(np.mean(ssim((images + 1) / 2, (recon + 1) / 2))),
+        "psnr": psnr_sum / num_images,
+        "ssim": ssim_sum / num_images,
         "codebook_usage": float(np.mean(counts > 0)),
         "perplexity": float(np.exp(-np.sum(nonzero * np.log(nonzero)))),
-        "num_images": len(images),
+        "num_images": num_images,
     }

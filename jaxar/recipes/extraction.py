@@ -1,0 +1,184 @@
+"""Encoding a dataset to codes on disk with a trained tokenizer (the step before generators).
+
+Experiment config fields (besides ``data`` and ``tokenizer_workdir``)::
+
+    codes_dir  where codes live (default ``<workdir>/codes``); ``<codes_dir>/<split>/``
+    codes {augment: none | flip | ten_crop, crop_range (ten_crop, 1.1), shard_size (source
+           images per shard, 1024), batch_size (views per tokenizer call, 64),
+           read_threads (8), cache_dir (local copy of gs:// codes)}
+
+A split's codes carry the tokenizer's reference (resolved workdir, step, fingerprint of config
+and weights) and the data fields that change the images; codes made from anything else are
+never reused: in the default ``<workdir>/codes`` they are extracted again (with a warning), in
+a user-given ``codes_dir`` the run stops with ``StaleCodesError`` naming what differs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+from etils import epath
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxar.data.codes import INDEX_FILE, code_dtype, make_codes_dataset, read_json
+from jaxar.data.extract import AUGMENTATIONS, StaleCodesError, extract_split, make_plan
+from jaxar.paths import PathLike, join, resolve
+from jaxar.recipes.codes import flatten_codes
+from jaxar.recipes.config import as_dict
+from jaxar.recipes.images import check_data_config, image_source
+from jaxar.recipes.tokenizer import LoadedTokenizer
+from jaxar.tokenizers.autoencoder import Tokenizer
+
+__all__ = [
+    "CODES_DEFAULTS",
+    "StaleCodesError",
+    "codes_dataset",
+    "codes_dir_for",
+    "codes_plan",
+    "ensure_codes",
+    "extract_codes",
+    "local_encoder",
+]
+
+CODES_DEFAULTS = {
+    "augment": "none",
+    "crop_range": 1.1,
+    "shard_size": 1024,
+    "batch_size": 64,
+    "read_threads": 8,
+    "cache_dir": None,
+}
+# Data fields that only affect how batches are drawn in training, not the codes.
+NON_CODE_DATA_FIELDS = ("batch_size", "eval_batch_size", "seed", "random_flip", "worker_count")
+
+
+def codes_options(config: Any) -> dict[str, Any]:
+    """``config.codes`` over the defaults; unknown keys and bad values raise ValueError."""
+    options = as_dict(config.get("codes"))
+    unknown = sorted(set(options) - set(CODES_DEFAULTS))
+    if unknown:
+        raise ValueError(f"codes has no fields {unknown}; known: {sorted(CODES_DEFAULTS)}")
+    options = {**CODES_DEFAULTS, **options}
+    if options["augment"] not in AUGMENTATIONS:
+        raise ValueError(f"codes.augment={options['augment']!r}; accepted: {list(AUGMENTATIONS)}")
+    for key in ("shard_size", "batch_size"):
+        if int(options[key]) < 1:
+            raise ValueError(f"codes.{key} must be >= 1, got {options[key]}")
+    return options
+
+
+def codes_dir_for(config: Any, workdir: PathLike | None) -> tuple[epath.Path, bool]:
+    """(codes folder, whether it is the run's own default ``<workdir>/codes``)."""
+    given = config.get("codes_dir")
+    if given:
+        return resolve(given), False
+    if workdir is None:
+        raise ValueError("set codes_dir (or give a workdir whose codes/ folder is used)")
+    return join(workdir, "codes"), True
+
+
+def codes_plan(config: Any, tokenizer: LoadedTokenizer, num_source: int, split: str):
+    """The plan (``jaxar.data.extract.make_plan``) of a split's codes under ``config``."""
+    data = check_data_config(config.data, split)
+    options = codes_options(config)
+    if (data["image_size"], data["channels"]) != (tokenizer.image_size, tokenizer.channels):
+        raise ValueError(
+            f"data.image_size={data['image_size']}, data.channels={data['channels']} differ from "
+            f"the tokenizer's {tokenizer.image_size}, {tokenizer.channels} ({tokenizer.workdir})"
+        )
+    codes = jax.eval_shape(tokenizer.encode, jax.ShapeDtypeStruct((1, *_image_shape(data)), float))
+    meta = {
+        "tokenizer": tokenizer.reference(),
+        "data": {k: v for k, v in sorted(data.items()) if k not in NON_CODE_DATA_FIELDS},
+        "split": split,
+    }
+    layout = {"code_shape": list(codes.shape[1:]), "code_dtype": code_dtype(tokenizer.vocab_size)}
+    return make_plan(
+        num_source, meta=meta, layout=layout, image_size=data["image_size"],
+        channels=data["channels"], augment=options["augment"],
+        crop_range=float(options["crop_range"]), shard_size=int(options["shard_size"]),
+        batch_size=int(options["batch_size"]),
+    )  # fmt: skip
+
+
+def _image_shape(data: dict[str, Any]) -> tuple[int, int, int]:
+    return data["image_size"], data["image_size"], data["channels"]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(module: Tokenizer, variables: dict, images: jax.Array) -> jax.Array:
+    return flatten_codes(module.apply(variables, images, method=Tokenizer.encode_to_codes))
+
+
+def local_encoder(tokenizer: LoadedTokenizer):
+    """``images float32 [B,S,S,C] -> numpy codes``, jitted and batch-sharded over this
+    process's devices (B must divide by their count; extraction pads to it)."""
+    devices = jax.local_devices()
+    mesh = Mesh(np.asarray(devices), ("batch",))
+    variables = jax.device_put(jax.device_get(tokenizer.variables), NamedSharding(mesh, P()))
+    batch_sharding = NamedSharding(mesh, P("batch"))
+
+    def encode(images: np.ndarray) -> np.ndarray:
+        images = jax.device_put(images, batch_sharding)
+        return np.asarray(_encode(tokenizer.module, variables, images))
+
+    return encode, len(devices)
+
+
+def extract_codes(
+    config: Any, tokenizer: LoadedTokenizer, codes_dir: PathLike, split: str = "train", *,
+    rebuild: bool = False, source: Any = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Extracts ``split`` of ``config.data`` into ``codes_dir/split`` (every process takes its
+    part; see ``jaxar.data.extract``); returns the index. Finished shards are kept; shards of
+    other settings are redone with ``rebuild``, else StaleCodesError."""
+    source = image_source(config.data, split) if source is None else source
+    plan = codes_plan(config, tokenizer, len(source), split)
+    encode, num_devices = local_encoder(tokenizer)
+    views = plan["views"]
+    per_call = max(1, plan["batch_size"] // views) * views
+    if per_call % num_devices:
+        raise ValueError(
+            f"codes.batch_size={plan['batch_size']} gives {per_call} views per tokenizer call, "
+            f"not divisible by the {num_devices} local devices; use a multiple of "
+            f"{np.lcm(num_devices, views)}"
+        )
+    options = codes_options(config)
+    return extract_split(
+        source, encode, join(codes_dir, split), plan=plan, rebuild=rebuild,
+        read_threads=int(options["read_threads"]),
+    )  # fmt: skip
+
+
+def ensure_codes(
+    config: Any, tokenizer: LoadedTokenizer, workdir: PathLike | None, split: str = "train"
+) -> epath.Path:
+    """The folder of ``split``'s codes, extracted first when missing, unfinished or stale."""
+    codes_dir, owned = codes_dir_for(config, workdir)
+    split_dir = codes_dir / split
+    source = image_source(config.data, split)
+    index = read_json(split_dir / INDEX_FILE)
+    if index is not None:
+        plan = codes_plan(config, tokenizer, len(source), split)
+        if {k: index.get(k) for k in plan} == plan:
+            return split_dir
+    extract_codes(config, tokenizer, codes_dir, split, rebuild=owned, source=source)
+    return split_dir
+
+
+def codes_dataset(config: Any, split_dir: PathLike, *, train: bool = True, num_epochs=None):
+    """The grain dataset of code batches a generator trains on (``make_codes_dataset``)."""
+    data = as_dict(config.data)
+    return make_codes_dataset(
+        split_dir,
+        global_batch_size=data["batch_size"],
+        seed=data.get("seed", 0),
+        train=train,
+        num_epochs=num_epochs,
+        worker_count=data.get("worker_count", 0),
+        cache_dir=codes_options(config)["cache_dir"],
+    )
