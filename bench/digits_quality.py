@@ -47,6 +47,13 @@ def parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def latest_step(workdir: str) -> int | None:
+    """The newest checkpoint step in ``workdir/checkpoints`` (the one ``load_generator`` uses)."""
+    folder = epath.Path(workdir) / "checkpoints"
+    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+    return max(steps, default=None)
+
+
 def score_generator(workdir: str, labels: np.ndarray, seed: int, yardstick, **sampling: Any):
     """Samples labels [N] from a trained generator; its figures, passes and settings."""
     gen = load_generator(workdir)
@@ -56,7 +63,8 @@ def score_generator(workdir: str, labels: np.ndarray, seed: int, yardstick, **sa
     return {
         "workdir": workdir,
         "family": gen.family.name,
-        "train_steps": gen.config["train"]["num_steps"],
+        "config_train_steps": gen.config["train"]["num_steps"],
+        "checkpoint_step": latest_step(workdir),
         "sampling": {**gen.config.get("sampling", {}), **sampling},
         "forward_passes_per_image": gen.sampler(**sampling).forward_passes_per_image,
         "sampling_seconds_with_compile": time.perf_counter() - start,
