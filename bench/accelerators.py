@@ -1,6 +1,7 @@
 """Training-free sampling accelerators (SJD, LANTERN, GSD, ZipAR) against the plain sampler on a
 digits GPT: forward passes per image, wall-clock speed-up (after compile) and sample quality
-(class accuracy by the independent ``DigitJudge``). Prints JSON.
+(``jaxar.eval.digit_metrics``: class accuracy by the independent ``DigitJudge``, Fréchet
+distance, precision, recall and within-class diversity against the held-out digits). Prints JSON.
 
 With ``--workdir`` pointing at a generator trained by ``jaxar.recipes.generator`` (e.g. the
 demo's ``runs/demo/generator``) that model and its tokenizer's codebook are used. Otherwise a
@@ -24,7 +25,7 @@ import numpy as np
 import optax
 
 from jaxar.data import load_digits
-from jaxar.eval.digit_judge import DigitJudge
+from jaxar.eval.digit_metrics import digits_yardstick, summary
 from jaxar.generators.gpt import GPT, gpt_config, gpt_loss
 from jaxar.sampling.autoregressive import make_sampler
 from jaxar.sampling.gsd import make_gsd_sampler, sq_distance_quantile
@@ -120,7 +121,8 @@ def samplers(m: dict[str, Any], window: int, sampling: dict[str, Any]) -> dict[s
     }
 
 
-def measure(name: str, sampler, m, labels, judge, iters: int) -> dict[str, Any]:
+def measure(name: str, sampler, m, labels, yardstick, iters: int) -> dict[str, Any]:
+    """Passes, wall clock (best of ``iters`` after compile) and quality of one sampler."""
     rng = jax.random.key(1)
     start = time.perf_counter()
     out = jax.block_until_ready(sampler(m["params"], labels, rng))  # compile + first run
@@ -136,7 +138,7 @@ def measure(name: str, sampler, m, labels, judge, iters: int) -> dict[str, Any]:
     images = m["decode"](np.asarray(codes))
     return {"passes_per_image": float(passes.mean()), "best_s": min(times),
             "compile_plus_first_s": compile_s,
-            "accuracy": judge.accuracy(images, np.asarray(labels))}  # fmt: skip
+            **summary(yardstick.score(images, np.asarray(labels)))}  # fmt: skip
 
 
 def main():
@@ -153,20 +155,19 @@ def main():
     start = time.perf_counter()
     m = demo_model(args.workdir) if args.workdir else quick_model(args.vocab, args.steps)
     train_s = time.perf_counter() - start
-    judge = DigitJudge().fit(*load_digits(image_size=16, channels=1, split="train"))
-    test_images, test_labels = load_digits(image_size=16, channels=1, split="test")
+    yardstick = digits_yardstick(SIZE)
     labels = jnp.asarray(np.repeat(np.arange(10), args.per_class), jnp.int32)
     sampling = dict(temperature=args.temperature, cfg_scale=args.cfg_scale)
     rows = {}
     for name, sampler in samplers(m, args.window, sampling).items():
-        rows[name] = measure(name, sampler, m, labels, judge, args.iters)
+        rows[name] = measure(name, sampler, m, labels, yardstick, args.iters)
     plain = rows["plain"]
     for row in rows.values():
         row["pass_reduction"] = 1.0 - row["passes_per_image"] / plain["passes_per_image"]
         row["speedup_wall"] = plain["best_s"] / row["best_s"]
     print(json.dumps({
         "model": m["source"], "setup_s": train_s, "train_loss": m.get("train_loss"),
-        "judge_accuracy_on_real_test_digits": judge.accuracy(test_images, test_labels),
+        "real_reference": summary(yardstick.reference(np.asarray(labels))),
         "batch": int(labels.shape[0]), "sampling": sampling, "backend": jax.default_backend(),
         "results": rows, "paper_targets": PAPER_TARGETS,
     }, indent=1))  # fmt: skip

@@ -1,11 +1,13 @@
-"""The end-to-end demo on the bundled digits: tokenizer -> GPT -> CFG samples -> judged accuracy.
+"""The end-to-end demo on the bundled digits: tokenizer -> GPT -> CFG samples -> judged quality.
 
 Steps (each resumes from its checkpoints when run again):
 1. train a small VQ tokenizer on the 16x16 digits (``experiments/configs/tokenizer_digits.py``);
 2. measure its held-out PSNR / SSIM / codebook usage;
 3. encode the training digits, train a small LlamaGen GPT (``configs/gpt_digits.py``);
 4. sample every class with classifier-free guidance, write a labelled grid PNG;
-5. judge the samples with an independent scikit-learn classifier trained on real digits.
+5. judge the samples against held-out real digits: class accuracy by an independent
+   scikit-learn classifier, Fréchet distance, precision / recall and within-class diversity in
+   the hidden features of a scikit-learn MLP (``jaxar.eval.digit_metrics``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxar.data import load_digits
-from jaxar.eval.digit_judge import DigitJudge
+from jaxar.eval.digit_metrics import digits_yardstick, summary
 from jaxar.recipes.cli import load_config
 from jaxar.recipes.generator import load_generator, train_generator
 from jaxar.recipes.images import image_arrays
@@ -43,14 +44,16 @@ def _config(name: str, steps: int | None, **fields: Any):
 
 
 def judge_samples(images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Class accuracy of uint8 samples by a judge trained on the real training digits."""
-    real, real_labels = load_digits(image_size=images.shape[1], channels=1, split="train")
-    judge = DigitJudge().fit(real, real_labels)
-    grey = images.mean(axis=-1, keepdims=True).astype(np.uint8) if images.shape[-1] > 1 else images
-    return {
-        "class_accuracy": judge.accuracy(grey, labels),
-        "per_class_accuracy": judge.per_class_accuracy(grey, labels),
-    }
+    """Every digits figure of uint8 samples [N,H,W,C] conditioned on labels [N].
+
+    Class accuracy (an SVM judge), Fréchet distance, precision, recall and within-class
+    diversity in a feature space fitted on the real training digits, against the held-out
+    digits (``jaxar.eval.digit_metrics``); ``real_reference`` holds the same figures for real
+    training digits with the samples' class counts (what a perfect generator would score).
+    """
+    yardstick = digits_yardstick(images.shape[1])
+    reference = summary(yardstick.reference(labels))
+    return {**yardstick.score(images, labels), "real_reference": reference}
 
 
 def upscale(images: np.ndarray, factor: int) -> np.ndarray:
