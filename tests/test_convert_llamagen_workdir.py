@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jaxar.convert import llamagen, torch_io
+from jaxar.data.codes import CodesSource, ParseCodes
 from jaxar.recipes.generator import load_generator
 from jaxar.recipes.tokenizer import encode_arrays, load_tokenizer
 
@@ -188,7 +189,9 @@ def test_converted_tokenizer_is_a_tokenizer_workdir_for_training(workdir, tmp_pa
                    optimizer=dict(learning_rate=1e-3, warmup_steps=1, total_steps=2))  # fmt: skip
     c.sampling = dict(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
     train_generator(c, tmp_path / "gen")
-    with np.load(tmp_path / "gen" / "codes_train.npz") as codes:
-        assert codes["codes"].shape[1] == 16 and codes["codes"].max() < 32
+    source = CodesSource(tmp_path / "gen" / "codes" / "train")  # extracted by train_generator
+    codes = np.stack([ParseCodes(source.index["layout"]).map(source[i])["codes"]
+                      for i in range(len(source))])  # fmt: skip
+    assert codes.shape[1] == 16 and codes.max() < 32
     trained = load_generator(tmp_path / "gen")
     assert trained.model_config.vocab_size == 32 and trained.model_config.block_size == 16
