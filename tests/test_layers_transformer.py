@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxar.layers.attention import Attention, init_kv_cache
+from jaxar.layers.attention import Attention, dot_product_attention, init_kv_cache
 from jaxar.layers.mlp import FeedForward, ffn_hidden_dim
 from jaxar.layers.norms import AdaLNModulation, RMSNorm, modulate
 from jaxar.layers.rope import apply_rope, gather_rope, rope_table_1d, rope_table_2d
@@ -117,6 +117,20 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
     gqa_out, _ = attn.apply(params, x, rope=r)
     mha_out, _ = Attention(num_heads=4).apply(mha_params, x, rope=r)
     np.testing.assert_allclose(gqa_out, mha_out, atol=1e-5)
+
+
+def test_dot_product_attention_matches_numpy_softmax():
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.normal(size=(2, 5, 4, 16)).astype(np.float32) for _ in range(3))
+    causal = np.tril(np.ones((5, 5), bool))
+    scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(16.0)
+    scores = np.where(causal, scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = np.einsum("bhts,bshd->bthd", weights, v)
+    mask = jnp.broadcast_to(jnp.asarray(causal), (2, 4, 5, 5))
+    got = dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_attention_masks():

@@ -14,6 +14,7 @@ from jaxar.quantizers import (
     VectorQuantizer,
     usage_and_perplexity,
 )
+from jaxar.quantizers.fsq import round_ste
 from jaxar.quantizers.multiscale import area_matrix, bicubic_matrix, phi_index
 
 
@@ -121,6 +122,17 @@ def test_fsq_index_roundtrip_over_whole_grid():
     assert float(values.min()) >= -1.0 and float(values.max()) <= 1.0
     np.testing.assert_array_equal(q.apply({}, values, method=q.codes_from_quantized), all_codes)
     assert len({tuple(v) for v in np.asarray(values).round(4)}) == 60
+
+
+def test_fsq_rounds_to_nearest_on_hand_values():
+    x = jnp.array([-1.7, -1.2, -0.4, 0.3, 0.6, 1.4, 1.8])
+    np.testing.assert_array_equal(round_ste(x), np.round(np.asarray(x)))
+    np.testing.assert_array_equal(jax.grad(lambda x: round_ste(x).sum())(x), np.ones(7))
+    q = FiniteScalarQuantizer(levels=(5, 4, 3))
+    z = jnp.array([[0.1, -0.3, 0.45], [-0.2, 0.7, -0.6]])
+    bounded = np.asarray(q.apply({}, z, method=q.bound))
+    expected = np.round(bounded) / np.array([2.0, 2.0, 1.0])
+    np.testing.assert_allclose(q.apply({}, z, method=q.quantize), expected, rtol=1e-6)
 
 
 def test_lfq_bits_and_entropy_reference():
@@ -255,9 +267,10 @@ def test_vq_straight_through_passes_the_output_gradient_exactly(l2_norm):
     np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_vq_ema_update_is_exact():
+@pytest.mark.parametrize("eps", [1e-5, 0.5])  # a large eps makes the Laplace smoothing visible
+def test_vq_ema_update_is_exact(eps):
     """One EMA step against a numpy computation of LlamaGen/VQ-VAE-2's update."""
-    decay, eps, k, d = 0.9, 1e-5, 8, 4
+    decay, k, d = 0.9, 8, 4
     q = VectorQuantizer(
         codebook_size=k, code_dim=d, l2_norm=False, use_ema=True, ema_decay=decay, ema_eps=eps
     )

@@ -40,6 +40,21 @@ def test_top_p_keeps_minimal_nucleus():
         top_p_filter(logits, 0.0)
 
 
+def test_top_p_traced_zero_still_keeps_top_token():
+    logits = jnp.log(jnp.array([[0.1, 0.5, 0.05, 0.25, 0.1], [0.7, 0.1, 0.1, 0.05, 0.05]]))
+    out = jax.jit(top_p_filter)(logits, jnp.float32(0.0))  # traced: not validated
+    kept = np.isfinite(np.asarray(out)).astype(int).tolist()
+    assert kept == [[0, 1, 0, 0, 0], [1, 0, 0, 0, 0]]
+
+
+def test_greedy_is_argmax_for_every_key():
+    # ties and near-ties: argmax takes the first maximum; any sampling would spread over them
+    logits = jnp.array([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0 + 1e-6, 1.0, -2.0]])
+    keys = jax.random.split(jax.random.key(3), 64)
+    draws = np.asarray(jax.vmap(lambda k: sample_from_logits(k, logits, temperature=0))(keys))
+    np.testing.assert_array_equal(draws, np.broadcast_to(np.argmax(logits, -1), draws.shape))
+
+
 def test_temperature_and_greedy():
     logits = jnp.array([[1.0, 2.0, 4.0]])
     np.testing.assert_allclose(apply_temperature(logits, 2.0), logits / 2)
