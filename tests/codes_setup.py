@@ -87,3 +87,12 @@ def generator_config(folder, tokenizer_workdir, steps: int, batch_size: int = 8,
     )  # fmt: skip
     c.sampling = dict(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
     return c
+
+
+def extracted_codes(split_dir) -> np.ndarray:
+    """Every record's codes of an extracted split, in record order: int32 [N, L(, D)]."""
+    from jaxar.data.codes import CodesSource, ParseCodes
+
+    source = CodesSource(split_dir)
+    parse = ParseCodes(source.index["layout"])
+    return np.stack([parse.map(source[i])["codes"] for i in range(len(source))])

@@ -11,9 +11,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from codes_setup import extracted_codes
 
 from jaxar.convert import llamagen, torch_io
-from jaxar.data.codes import CodesSource, ParseCodes
 from jaxar.recipes.generator import load_generator
 from jaxar.recipes.tokenizer import encode_arrays, load_tokenizer
 
@@ -189,9 +189,7 @@ def test_converted_tokenizer_is_a_tokenizer_workdir_for_training(workdir, tmp_pa
                    optimizer=dict(learning_rate=1e-3, warmup_steps=1, total_steps=2))  # fmt: skip
     c.sampling = dict(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
     train_generator(c, tmp_path / "gen")
-    source = CodesSource(tmp_path / "gen" / "codes" / "train")  # extracted by train_generator
-    codes = np.stack([ParseCodes(source.index["layout"]).map(source[i])["codes"]
-                      for i in range(len(source))])  # fmt: skip
+    codes = extracted_codes(tmp_path / "gen" / "codes" / "train")  # by train_generator
     assert codes.shape[1] == 16 and codes.max() < 32
     trained = load_generator(tmp_path / "gen")
     assert trained.model_config.vocab_size == 32 and trained.model_config.block_size == 16

@@ -9,9 +9,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from codes_setup import extracted_codes
 
 from jaxar.convert import var, var_vae
-from jaxar.data.codes import CodesSource, ParseCodes
 from jaxar.generators.var import SCALE_SCHEDULES, VAR_CONFIGS, scale_schedule
 from jaxar.recipes.generator import load_generator
 from jaxar.recipes.tokenizer import encode_arrays
@@ -154,9 +154,7 @@ def test_converted_vqvae_is_a_tokenizer_workdir_for_training(workdirs, tmp_path)
                    optimizer=dict(learning_rate=1e-3, warmup_steps=1, total_steps=2))  # fmt: skip
     c.sampling = dict(cfg_scale=1.5, top_k=1)
     train_generator(c, tmp_path / "gen")
-    source = CodesSource(tmp_path / "gen" / "codes" / "train")  # extracted by train_generator
-    codes = np.stack([ParseCodes(source.index["layout"]).map(source[i])["codes"]
-                      for i in range(len(source))])  # fmt: skip
+    codes = extracted_codes(tmp_path / "gen" / "codes" / "train")  # by train_generator
     assert codes.shape[1] == 30 and codes.max() < 16
     trained = load_generator(tmp_path / "gen")
     assert trained.model_config.patch_nums == (1, 2, 3, 4)
