@@ -9,6 +9,11 @@ Settings that point each client at the emulator (see docs/DATA.md):
 - orbax / tensorstore: ``TENSORSTORE_GCS_HTTP_URL`` and ``GOOGLE_AUTH_TOKEN_FOR_TESTING``;
 - ArrayRecord (grain's reader) opens local files only: gs:// codes are copied to
   ``codes.cache_dir`` first (by ``jaxar.data.codes``), which this test exercises.
+
+The emulator's media downloads lack the ``x-goog-generation`` header that real GCS sends, so
+tensorstore caches generation 0 and its next revalidating read of an OCDBT manifest fails with
+"Malformed StorageGeneration" (only when a cache entry goes stale: a CI flake under load). The
+fixture adds the header, as real GCS does; ``test_emulator_revalidates_ocdbt`` pins that down.
 """
 
 from __future__ import annotations
@@ -18,19 +23,38 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import codes_setup
 import pytest
 
 emulator = pytest.importorskip("gcp_storage_emulator.server", reason="pip install .[test]")
+from gcp_storage_emulator.handlers import objects as emulator_objects  # noqa: E402
+
 pytest.importorskip("gcsfs", reason="pip install .[test]")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "gcs_worker.py")
 
 
+def _serve_generation_headers(monkeypatch):
+    """Media downloads carry the object's generation headers, as real GCS responses do."""
+    download = emulator_objects.download
+
+    def download_with_generation(request, response, storage, *args, **kwargs):
+        download(request, response, storage, *args, **kwargs)
+        if response.status.value in (200, 206):
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            response["x-goog-generation"] = str(obj["generation"])
+            response["x-goog-metageneration"] = str(obj["metageneration"])
+
+    # The JSON API's ``GET .../o/NAME?alt=media`` (tensorstore's read) looks ``download`` up here.
+    monkeypatch.setattr(emulator_objects, "download", download_with_generation)
+
+
 @pytest.fixture()
-def gcs_env(tmp_path):
+def gcs_env(tmp_path, monkeypatch):
+    _serve_generation_headers(monkeypatch)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -76,3 +100,16 @@ def test_extract_train_kill_resume_load_sample_on_gs(gcs_env, tmp_path_factory):
     assert result["tokenizer_ref"] == "gs://bucket/tok"
     assert result["num_examples"] == 32 and len(result["shards"]) == 4
     assert not os.path.exists("gs:")  # nothing went to a local folder named gs:
+
+
+def test_emulator_revalidates_ocdbt(gcs_env, monkeypatch):
+    """A second OCDBT reader re-reads a changed manifest (a stale cache entry) without error."""
+    ts = pytest.importorskip("tensorstore")
+    for key in ("TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING"):
+        monkeypatch.setenv(key, gcs_env[key])
+    spec = {"driver": "ocdbt", "base": {"driver": "gcs", "bucket": "bucket", "path": "reval/"}}
+    writer, reader = ts.KvStore.open(spec).result(), ts.KvStore.open(spec).result()
+    writer.write("a", b"1").result()
+    assert reader.read("a").result().value == b"1"
+    writer.write("b", b"2").result()
+    assert reader.read("b", staleness_bound=time.time()).result().value == b"2"
