@@ -13,9 +13,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from jaxar.checks import check_int_input
 from jaxar.layers.attention import KVCache, init_kv_cache
 from jaxar.layers.conditioning import condition_drop_mask
 from jaxar.layers.mlp import dense_init, ffn_hidden_dim
@@ -138,24 +138,6 @@ def gpt_config(name: str, **overrides: Any) -> GPTConfig:
     if unknown:
         raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}")
     return dataclasses.replace(GPT_CONFIGS[name], **overrides)
-
-
-def _concrete(x: Any) -> np.ndarray | None:
-    """Host value of ``x`` or None under tracing."""
-    if isinstance(x, jax.core.Tracer):
-        return None
-    return np.asarray(x)
-
-
-def check_int_input(name: str, x: Any, ndim: int, upper: int) -> None:
-    """ValueError unless ``x`` is an integer array of rank ``ndim`` with values in [0, upper)."""
-    if jnp.ndim(x) != ndim:
-        raise ValueError(f"{name} must have rank {ndim}, got shape {jnp.shape(x)}")
-    if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
-        raise ValueError(f"{name} must be integers, got dtype {jnp.result_type(x)}")
-    host = _concrete(x)
-    if host is not None and host.size and (host.min() < 0 or host.max() >= upper):
-        raise ValueError(f"{name} values must be in [0, {upper}), got [{host.min()}, {host.max()}]")
 
 
 def caption_attention_mask(

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxar.generators.gpt import check_int_input
+from jaxar.checks import check_int_input
 from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.mlp import dense_init
 from jaxar.layers.norms import RMSNorm

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxar.generators.gpt import LlamaShapes, check_int_input, llamagen_layers
+from jaxar.checks import check_int_input
+from jaxar.generators.gpt import LlamaShapes, llamagen_layers
 from jaxar.layers.attention import KVCache, init_kv_cache
 from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.mlp import dense_init, ffn_hidden_dim

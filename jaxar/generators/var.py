@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxar.generators.gpt import check_int_input
+from jaxar.checks import check_int_input
 from jaxar.layers.adaln import AdaLNBeforeHead, AdaLNSelfAttn, chunk_scaled_init, trunc_normal
 from jaxar.layers.attention import KVCache, init_kv_cache
 from jaxar.layers.conditioning import drop_labels

@@ -19,7 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar.generators.gpt import GPT, GPTConfig, check_int_input, init_gpt_cache
+from jaxar.checks import check_int_input
+from jaxar.generators.gpt import GPT, GPTConfig, init_gpt_cache
 from jaxar.sampling.logits import (
     cfg_combine,
     cfg_scale_schedule,

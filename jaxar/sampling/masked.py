@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar.generators.gpt import check_int_input
+from jaxar.checks import check_int_input
 from jaxar.generators.maskgit import MaskGIT, MaskGITConfig
 from jaxar.sampling.logits import (
     cfg_combine,

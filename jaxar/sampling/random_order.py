@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxar.generators.gpt import check_int_input
+from jaxar.checks import check_int_input
 from jaxar.generators.randar import (
     RandAR,
     RandARConfig,

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar.generators.gpt import check_int_input
+from jaxar.checks import check_int_input
 from jaxar.generators.rq_transformer import RQTransformer, RQTransformerConfig, init_rq_caches
 from jaxar.layers.attention import init_kv_cache
 from jaxar.sampling.logits import (

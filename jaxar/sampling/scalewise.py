@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxar.generators.gpt import check_int_input
+from jaxar.checks import check_int_input
 from jaxar.generators.var import VAR, VARConfig, init_var_cache
 from jaxar.quantizers.multiscale import MultiScaleQuantizer, resize
 from jaxar.sampling.logits import cfg_combine, check_sampling_settings, sample_from_logits
