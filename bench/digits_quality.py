@@ -6,8 +6,9 @@ For each trained generator (``NAME=WORKDIR``, a ``train_generator`` workdir) it 
 judge), Fréchet distance, improved precision / recall and within-class diversity in the hidden
 features of an MLP fitted on the real training digits, plus forward passes per image. With
 ``--accelerators WORKDIR`` (a GPT workdir, e.g. the demo's) SJD, LANTERN, GSD and ZipAR are
-scored the same way on that GPT (``bench/accelerators.py``, the GPT config's temperature and
-CFG scale). The ``reference`` row scores real training digits (the same count per class).
+scored the same way on that GPT, through the same interface
+(``load_generator(W).sampler(accelerator=..., window=...)``, the GPT config's sampling).
+The ``reference`` row scores real training digits (the same count per class).
 
     python bench/digits_quality.py --per-class 50 --generator gpt=runs/demo/generator \
         --generator maskgit=runs/maskgit_digits --accelerators runs/demo/generator
@@ -17,23 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
 
-sys.path.insert(0, os.path.dirname(__file__))
-import accelerators  # noqa: E402  (bench/ is a folder of scripts, not a package)
-
-from jaxar.eval.digit_metrics import digits_yardstick, summary  # noqa: E402
-from jaxar.recipes.cli import apply_overrides  # noqa: E402
-from jaxar.recipes.generator import load_generator  # noqa: E402
+from jaxar.eval.digit_metrics import digits_yardstick, summary
+from jaxar.recipes.cli import apply_overrides
+from jaxar.recipes.generator import load_generator
 
 
 def parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
@@ -54,34 +48,51 @@ def latest_step(workdir: str) -> int | None:
     return max(steps, default=None)
 
 
-def score_generator(workdir: str, labels: np.ndarray, seed: int, yardstick, **sampling: Any):
-    """Samples labels [N] from a trained generator; its figures, passes and settings."""
+def score_generator(
+    workdir: str, labels: np.ndarray, seed: int, yardstick, accelerator: str | None = None,
+    **sampling: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """Samples labels [N] from a trained generator (through ``LoadedGenerator.sampler``, with
+    an optional accelerator); its figures, passes and settings."""
     gen = load_generator(workdir)
-    start = time.perf_counter()
-    _, images = gen.sample(labels, jax.random.key(seed), **sampling)
-    report = yardstick.score(images, labels)
+    sampler = gen.sampler(accelerator, **sampling)
+    out, seconds = sampler.timed(gen.params, labels, jax.random.key(seed))
+    report = yardstick.score(out.images, labels)
     return {
         "workdir": workdir,
         "family": gen.family.name,
+        "sampler": sampler.name,
         "config_train_steps": gen.config["train"]["num_steps"],
         "checkpoint_step": latest_step(workdir),
-        "sampling": {**gen.config.get("sampling", {}), **sampling},
-        "forward_passes_per_image": gen.sampler(**sampling).forward_passes_per_image,
-        "sampling_seconds_with_compile": time.perf_counter() - start,
+        "sampling": sampler.settings,
+        "forward_passes_per_image": float(out.forward_passes.mean()),
+        **seconds,
         **summary(report),
         "per_class_diversity": report["per_class_diversity"],
     }
 
 
-def score_accelerators(workdir: str, labels: np.ndarray, window: int, yardstick):
-    """SJD / LANTERN / GSD / ZipAR (and the plain sampler) on the GPT in ``workdir``."""
-    model = accelerators.demo_model(workdir)
-    sampling = load_generator(workdir).config.get("sampling", {})
-    sampling = {k: sampling[k] for k in ("temperature", "cfg_scale") if k in sampling}
+def accelerator_rows(window: int) -> dict[str, tuple[str | None, dict[str, Any]]]:
+    """Row name -> (accelerator, its settings): the settings of the published comparisons."""
+    return {
+        "plain": (None, {}),
+        f"sjd(window={window})": ("sjd", {"window": window}),
+        f"lantern(k=8,delta=0.2,window={window})": (
+            "lantern", {"k": 8, "delta": 0.2, "window": window}),
+        f"gsd(radius=7,gap=0.15,d2<=q25,window={window})": ("gsd", {
+            "rank_radius": 7, "prob_gap": 0.15, "distance_quantile": 0.25, "window": window}),
+        "zipar(window=2)": ("zipar", {"window": 2}),
+        "zipar(window=1)": ("zipar", {"window": 1}),
+    }  # fmt: skip
+
+
+def score_accelerators(workdir: str, labels: np.ndarray, window: int, yardstick, seed: int = 1):
+    """SJD / LANTERN / GSD / ZipAR (and the plain sampler) on the GPT in ``workdir``, with its
+    config's sampling settings."""
     rows = {}
-    for name, sampler in accelerators.samplers(model, window, sampling).items():
-        rows[name] = accelerators.measure(name, sampler, model, jnp.asarray(labels), yardstick, 1)
-    return {"workdir": workdir, "sampling": sampling, "results": rows}
+    for name, (accelerator, settings) in accelerator_rows(window).items():
+        rows[name] = score_generator(workdir, labels, seed, yardstick, accelerator, **settings)
+    return {"workdir": workdir, "results": rows}
 
 
 def main(argv=None):

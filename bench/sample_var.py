@@ -76,10 +76,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="VAR-d16")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--cfg", type=float, default=1.5)
+    parser.add_argument("--cfg", type=float, default=1.5, help="VAR's cfg (cfg_scale = 1 + cfg)")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     cfg, quantizer, params = build(args.preset)
     for b in args.batch:
-        result = bench(args.preset, cfg, quantizer, params, b, args.cfg, args.repeats)
+        result = bench(args.preset, cfg, quantizer, params, b, 1.0 + args.cfg, args.repeats)
         print(json.dumps(result), flush=True)

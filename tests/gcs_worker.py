@@ -61,7 +61,8 @@ def load(workdir: str) -> None:
     from jaxar.train.checkpoint import restore_for_eval
 
     generator = load_generator(workdir)
-    codes, images = generator.sample([0, 1, 2], jax.random.key(0))
+    out = generator.sample([0, 1, 2], jax.random.key(0))
+    codes, images = out.codes, out.images
     _, stored = restore_for_eval(workdir)
     metrics = (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()
     index = read_index(epath.Path(workdir) / "codes" / "train")

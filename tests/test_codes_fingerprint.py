@@ -88,7 +88,8 @@ def test_generator_stores_a_resolved_tokenizer_reference(setup, tmp_path, monkey
     monkeypatch.chdir(tmp_path)  # loads from anywhere
     generator = load_generator(tmp_path / "gen")
     assert generator.tokenizer.fingerprint == tokenizer.fingerprint
-    codes, images_out = generator.sample([0, 1], jax.random.key(0))
+    out = generator.sample([0, 1], jax.random.key(0))
+    codes, images_out = out.codes, out.images
     assert codes.shape == (2, 64) and images_out.shape == (2, 16, 16, 1)
     # A moved tokenizer: the override finds it; the fingerprint matches, so no warning.
     moved = shutil.copytree(tok_a, tmp_path / "moved")

@@ -68,7 +68,8 @@ def generator(workdir):
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_sample_matches_llamagen_generate(generator, golden, mode):
-    codes, images = generator.sample(golden["labels"], jax.random.key(0), **MODES[mode])
+    out = generator.sample(golden["labels"], jax.random.key(0), **MODES[mode])
+    codes, images = out.codes, out.images
     np.testing.assert_array_equal(codes, golden["codes_" + mode])
     pixels = np.asarray(generator.tokenizer.decode(codes))
     np.testing.assert_allclose(pixels, golden["pixels_" + mode], atol=1e-4)

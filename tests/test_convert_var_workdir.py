@@ -25,7 +25,8 @@ MODELS = {
     "var": DATA / "var_orig_var.safetensors",
     "var_saln": DATA / "var_orig_var_saln.safetensors",
 }
-CFGS = {"cfg0": 0.0, "cfg1.5": 1.5, "cfg4": 4.0}
+# the original's cfg -> jaxar's cfg_scale = 1 + cfg (jaxar.sampling.scalewise)
+CFGS = {"cfg0": 1.0, "cfg1.5": 2.5, "cfg4": 5.0}
 
 
 def trainer_checkpoint(model: dict, vae: dict) -> dict:
@@ -75,8 +76,8 @@ CASES = [
 @pytest.mark.parametrize("name,cfg,settings", CASES)
 def test_sample_matches_autoregressive_infer_cfg(generators, golden, name, cfg, settings):
     gen, key = generators[name], f"{name}_{cfg}"
-    codes, images = gen.sample(golden["labels"], jax.random.key(0), cfg_scale=CFGS[cfg],
-                               **settings)  # fmt: skip
+    out = gen.sample(golden["labels"], jax.random.key(0), cfg_scale=CFGS[cfg], **settings)
+    codes, images = out.codes, out.images
     np.testing.assert_array_equal(codes, golden["codes_" + key])
     pixels = (np.asarray(gen.tokenizer.decode(codes)) + 1) / 2
     np.testing.assert_allclose(pixels, golden["images_" + key], atol=1e-4)

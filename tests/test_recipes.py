@@ -172,7 +172,7 @@ def test_families_reject_model_sizes_that_do_not_match_the_tokenizer():
 
 
 SAMPLER_OPTIONS = [
-    ("jaxar.sampling.autoregressive", "SamplingOptions"),
+    ("jaxar.sampling.autoregressive", "GPTSamplingOptions"),
     ("jaxar.sampling.masked", "MaskedSamplingOptions"),
     ("jaxar.sampling.random_order", "RandomOrderOptions"),
     ("jaxar.sampling.rq", "RQSamplingOptions"),

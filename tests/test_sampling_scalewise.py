@@ -15,7 +15,6 @@ from jaxar.sampling.scalewise import (
     ScalewiseOptions,
     generate,
     make_scalewise_sampler,
-    var_cfg_ratios,
     var_guidance_scales,
 )
 
@@ -42,22 +41,23 @@ def setup():
     return _make_params()
 
 
-def test_cfg_ratio_schedule():
-    np.testing.assert_allclose(var_cfg_ratios(4), [0.0, 1 / 3, 2 / 3, 1.0], rtol=1e-6)
-    ratios = var_cfg_ratios(10)
-    assert ratios[0] == 0.0 and ratios[-1] == 1.0 and np.all(np.diff(ratios) > 0)
-    np.testing.assert_allclose(var_guidance_scales(4, 1.5), [1.0, 1.5, 2.0, 2.5], rtol=1e-6)
-    # VAR: (1 + t) * cond - t * uncond with t = cfg * ratio
+def test_cfg_schedule_maps_from_the_original():
+    # jaxar's common meaning: cfg_scale = 1 + VAR's cfg, linear ramp 1 -> cfg_scale
+    np.testing.assert_allclose(var_guidance_scales(4, 2.5), [1.0, 1.5, 2.0, 2.5], rtol=1e-6)
+    np.testing.assert_allclose(var_guidance_scales(4, 2.5, "constant"), [2.5] * 4, rtol=1e-6)
+    np.testing.assert_allclose(var_guidance_scales(5, 1.0), [1.0] * 5, rtol=1e-6)
+    # VAR: (1 + t_k) * cond - t_k * uncond with t_k = cfg * k / (K - 1), cfg = 1.5, k = 2 of 4
     cond, uncond, t = jnp.array([2.0, -1.0]), jnp.array([0.5, 1.0]), 1.5 * (2 / 3)
     np.testing.assert_allclose(
-        cfg_combine(cond, uncond, var_guidance_scales(4, 1.5)[2]), (1 + t) * cond - t * uncond,
+        cfg_combine(cond, uncond, var_guidance_scales(4, 1 + 1.5)[2]), (1 + t) * cond - t * uncond,
         rtol=1e-6,
     )  # fmt: skip
     with pytest.raises(ValueError, match="at least 2"):
-        var_cfg_ratios(1)
+        var_guidance_scales(1, 2.0)
+    assert not ScalewiseOptions(cfg_scale=1.0).guided and ScalewiseOptions(cfg_scale=2.5).guided
 
 
-@pytest.mark.parametrize("cfg_scale", [0.0, 2.0])
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
 def test_cached_sampler_equals_teacher_forcing(setup, cfg_scale):
     params, codes, inputs, labels = setup
     model = VAR(CFG)
@@ -76,7 +76,7 @@ def test_cached_sampler_equals_teacher_forcing(setup, cfg_scale):
     scales = var_guidance_scales(CFG.num_scales, cfg_scale)
     for k, (begin, end) in enumerate(CFG.begin_ends):
         want = cond[:, begin:end]
-        if cfg_scale:
+        if cfg_scale != 1.0:
             want = cfg_combine(want, uncond[:, begin:end], scales[k])
         np.testing.assert_allclose(out["logits"][k], want, atol=1e-5, rtol=1e-5)
     f_hat = QUANTIZER.apply({"params": params["quantizer"]}, codes, method=QUANTIZER.decode_codes)
@@ -86,7 +86,7 @@ def test_cached_sampler_equals_teacher_forcing(setup, cfg_scale):
 def test_sampler_determinism_greedy_and_decode(setup):
     params, _, _, labels = setup
     decode = lambda p, f_hat: jnp.tanh(f_hat[..., :1])  # stands in for a tokenizer decoder
-    sampler = make_scalewise_sampler(CFG, QUANTIZER, decode_fn=decode, cfg_scale=1.5, top_k=4)
+    sampler = make_scalewise_sampler(CFG, QUANTIZER, decode_fn=decode, cfg_scale=2.5, top_k=4)
     a = sampler(params, labels, jax.random.key(1))
     b = sampler(params, labels, jax.random.key(1))
     c = sampler(params, labels, jax.random.key(2))
@@ -97,8 +97,8 @@ def test_sampler_determinism_greedy_and_decode(setup):
         {"params": params["quantizer"]}, a["codes"], method=QUANTIZER.decode_codes
     )
     np.testing.assert_allclose(a["f_hat"], f_hat, atol=1e-5)
-    greedy = make_scalewise_sampler(CFG, QUANTIZER, cfg_scale=1.5, temperature=0.0)
-    top1 = make_scalewise_sampler(CFG, QUANTIZER, cfg_scale=1.5, top_k=1)
+    greedy = make_scalewise_sampler(CFG, QUANTIZER, cfg_scale=2.5, temperature=0.0)
+    top1 = make_scalewise_sampler(CFG, QUANTIZER, cfg_scale=2.5, top_k=1)
     np.testing.assert_array_equal(
         concat_scales(greedy(params, labels, jax.random.key(3))["codes"]),
         concat_scales(top1(params, labels, jax.random.key(4))["codes"]),

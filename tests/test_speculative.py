@@ -13,7 +13,7 @@ from scipy import stats
 
 from jaxar.generators.gpt import GPT, GPTConfig
 from jaxar.sampling.accel_common import target_probs
-from jaxar.sampling.autoregressive import SamplingOptions, make_sampler
+from jaxar.sampling.autoregressive import GPTSamplingOptions, make_sampler
 from jaxar.sampling.speculative import make_sjd_sampler, sjd_rule
 
 CFG = GPTConfig(vocab_size=32, num_layers=1, dim=32, num_heads=2, block_size=16, num_classes=10,
@@ -79,13 +79,13 @@ def test_probabilistic_acceptance_preserves_the_distribution():
     num, count, label = 3, 12000, 1
     sampler = make_sjd_sampler(SMALL, window=3, num_tokens=num, temperature=1.0)
     codes, passes = sampler(params, jnp.full((count,), label), jax.random.key(7))
-    exact, seqs = _exact_distribution(params, label, num, SamplingOptions(temperature=1.0))
+    exact, seqs = _exact_distribution(params, label, num, GPTSamplingOptions(temperature=1.0))
     index = np.asarray(codes) @ (SMALL.vocab_size ** np.arange(num - 1, -1, -1))
     observed = np.bincount(index, minlength=len(seqs))
     assert abs(exact.sum() - 1) < 1e-4 and exact.max() < 0.2  # a spread-out target
     assert _chi2_pvalue(observed, exact) > 1e-3
     # the same test detects a wrong distribution (temperature 1.5 instead of 1)
-    wrong, _ = _exact_distribution(params, label, num, SamplingOptions(temperature=1.5))
+    wrong, _ = _exact_distribution(params, label, num, GPTSamplingOptions(temperature=1.5))
     assert _chi2_pvalue(observed, wrong) < 1e-6
     passes = np.asarray(passes)
     assert passes.min() >= 2 and passes.max() <= num and passes.mean() < num  # drafts accepted

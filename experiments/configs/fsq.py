@@ -1,6 +1,6 @@
 """ImageNet 256 tokenizer with the fsq quantizer: ``tokenizer_imagenet.py:fsq``.
 
-    python experiments/train_tokenizer.py --config experiments/configs/fsq.py --workdir DIR
+python experiments/train_tokenizer.py --config experiments/configs/fsq.py --workdir DIR
 """
 
 import os

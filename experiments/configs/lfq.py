@@ -1,6 +1,6 @@
 """ImageNet 256 tokenizer with the lfq quantizer: ``tokenizer_imagenet.py:lfq``.
 
-    python experiments/train_tokenizer.py --config experiments/configs/lfq.py --workdir DIR
+python experiments/train_tokenizer.py --config experiments/configs/lfq.py --workdir DIR
 """
 
 import os

@@ -20,9 +20,18 @@ def get_config(arg: str = "GPT-B") -> ml_collections.ConfigDict:
     c.seed = 0
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.data = dict(
-        name="tfds", tfds_name="imagenet2012", data_dir=None, train_split="train",
-        test_split="validation", image_size=256, channels=3, batch_size=256, seed=0,
-        random_flip=True, worker_count=8, eval_batch_size=256,
+        name="tfds",
+        tfds_name="imagenet2012",
+        data_dir=None,
+        train_split="train",
+        test_split="validation",
+        image_size=256,
+        channels=3,
+        batch_size=256,
+        seed=0,
+        random_flip=True,
+        worker_count=8,
+        eval_batch_size=256,
     )
     c.tokenizer_workdir = "runs/vq16"
     # Codes are extracted once (experiments/extract_codes.py, or by train_generator when
@@ -35,11 +44,25 @@ def get_config(arg: str = "GPT-B") -> ml_collections.ConfigDict:
     c.loss = dict(label_smoothing=0.0)
     steps = 300 * STEPS_PER_EPOCH
     c.train = dict(
-        num_steps=steps, log_every=100, checkpoint_every=5000, sample_every=5000,
-        keep_checkpoints=3, ema_decay=None, compute_dtype="bfloat16", progress_bar=True,
+        num_steps=steps,
+        log_every=100,
+        checkpoint_every=5000,
+        sample_every=5000,
+        keep_checkpoints=3,
+        ema_decay=None,
+        compute_dtype="bfloat16",
+        progress_bar=True,
         strict_restore=False,  # True: a damaged latest checkpoint stops the run
-        optimizer=dict(learning_rate=1e-4, warmup_steps=0, total_steps=steps, end_lr_ratio=1.0,
-                       b1=0.9, b2=0.95, weight_decay=0.05, grad_clip_norm=1.0),
+        optimizer=dict(
+            learning_rate=1e-4,
+            warmup_steps=0,
+            total_steps=steps,
+            end_lr_ratio=1.0,
+            b1=0.9,
+            b2=0.95,
+            weight_decay=0.05,
+            grad_clip_norm=1.0,
+        ),
     )
     c.sampling = dict(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0)
     return c

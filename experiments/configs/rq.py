@@ -1,6 +1,6 @@
 """ImageNet 256 tokenizer with the rq quantizer: ``tokenizer_imagenet.py:rq``.
 
-    python experiments/train_tokenizer.py --config experiments/configs/rq.py --workdir DIR
+python experiments/train_tokenizer.py --config experiments/configs/rq.py --workdir DIR
 """
 
 import os

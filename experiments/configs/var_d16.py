@@ -34,5 +34,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                        total_steps=STEPS, end_lr_ratio=0.01, weight_decay=0.05, b2=0.95,
                        grad_clip_norm=2.0),
     )  # fmt: skip
-    c.sampling = dict(cfg_scale=1.5, temperature=1.0, top_k=900, top_p=0.96)
+    # cfg_scale 2.5 = VAR's cfg=1.5 (jaxar: 1 = no guidance), ramped over the scales as in VAR
+    c.sampling = dict(cfg_scale=2.5, cfg_schedule="linear", temperature=1.0, top_k=900, top_p=0.96)
     return c

@@ -27,5 +27,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         optimizer=dict(learning_rate=1e-3, warmup_steps=100, total_steps=1500,
                        weight_decay=0.05, b2=0.95, grad_clip_norm=2.0),
     )  # fmt: skip
-    c.sampling = dict(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0)
+    # guidance ramps from 1 at the first scale to cfg_scale at the last (VAR's schedule)
+    c.sampling = dict(cfg_scale=3.0, cfg_schedule="linear", temperature=1.0, top_k=0, top_p=1.0)
     return c

@@ -1,6 +1,6 @@
 """ImageNet 256 tokenizer with the msvq quantizer: ``tokenizer_imagenet.py:msvq``.
 
-    python experiments/train_tokenizer.py --config experiments/configs/var_msvq.py --workdir DIR
+python experiments/train_tokenizer.py --config experiments/configs/var_msvq.py --workdir DIR
 """
 
 import os

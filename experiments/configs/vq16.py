@@ -1,6 +1,6 @@
 """ImageNet 256 tokenizer with the vq16 quantizer: ``tokenizer_imagenet.py:vq16``.
 
-    python experiments/train_tokenizer.py --config experiments/configs/vq16.py --workdir DIR
+python experiments/train_tokenizer.py --config experiments/configs/vq16.py --workdir DIR
 """
 
 import os

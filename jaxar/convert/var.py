@@ -246,7 +246,10 @@ def infer_var_config(
 
 
 # VAR's FID settings (README: autoregressive_infer_cfg(cfg=1.5, top_p=0.96, top_k=900)).
-SAMPLING_DEFAULTS = {"cfg_scale": 1.5, "temperature": 1.0, "top_k": 900, "top_p": 0.96}
+# cfg_scale 2.5 is VAR's cfg=1.5 under jaxar's meaning (1 + cfg; see jaxar.sampling.scalewise).
+SAMPLING_DEFAULTS = {
+    "cfg_scale": 2.5, "cfg_schedule": "linear", "temperature": 1.0, "top_k": 900, "top_p": 0.96,
+}  # fmt: skip
 
 
 def write_var_workdir(

@@ -13,6 +13,8 @@ import threading
 from typing import Any
 
 import grain
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -120,8 +122,13 @@ def normalize(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
-def to_uint8(image: Any) -> np.ndarray:
-    """Inverse of ``normalize``: float in [-1, 1] (numpy or jax) -> uint8, rounded and clipped."""
+def to_uint8(image: Any) -> Any:
+    """Inverse of ``normalize``: float in [-1, 1] -> uint8, rounded half to even and clipped.
+
+    numpy in, numpy out; a jax array (or tracer, inside jit) in, a jax array out."""
+    if isinstance(image, jax.Array):
+        scaled = (jnp.asarray(image, jnp.float32) + 1.0) * 127.5
+        return jnp.clip(jnp.rint(scaled), 0, 255).astype(jnp.uint8)
     scaled = (np.asarray(image, dtype=np.float32) + 1.0) * 127.5
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 

@@ -221,9 +221,8 @@ def generate_samples(
     for index, start in enumerate(range(0, num_samples, batch_size)):
         batch = labels[start : start + batch_size]
         padded = np.resize(batch, batch_size)  # repeats the batch's labels to fill it
-        codes = sampler(generator.params, padded, jax.random.fold_in(key, index))
-        decoded = np.asarray(jax.device_get(generator.tokenizer.decode(codes)))
-        images.append(to_uint8(decoded)[: len(batch)])
+        out = sampler(generator.params, padded, jax.random.fold_in(key, index))
+        images.append(out.images[: len(batch)])
     return np.concatenate(images), labels
 
 

@@ -75,16 +75,16 @@ def judge_generator(
     generator = load_generator(workdir)
     num_classes = generator.model_config.num_classes
     labels = np.repeat(np.arange(num_classes, dtype=np.int32), samples_per_class)
-    start = time.time()
-    _, images = generator.sample(labels, jax.random.key(seed), **sampling)
-    seconds = time.time() - start
     sampler = generator.sampler(**sampling)
+    out, seconds = sampler.timed(generator.params, labels, jax.random.key(seed))
+    images = out.images
     report = {
         "family": generator.family.name,
-        "sampling": {**generator.config.get("sampling", {}), **sampling},
+        "sampling": sampler.settings,
         "samples": judge_samples(images, labels),
-        "sampling_seconds_with_compile": seconds,
-        "forward_passes_per_image": getattr(sampler, "forward_passes_per_image", None),
+        "sampling_seconds": seconds["sample_s"],
+        "compile_seconds": seconds["compile_s"],
+        "forward_passes_per_image": float(out.forward_passes.mean()),
     }
     if grid_path is not None:
         order = np.argsort(np.tile(np.arange(samples_per_class), num_classes), kind="stable")

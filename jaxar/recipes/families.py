@@ -1,8 +1,11 @@
 """The generator families the experiment scripts know, behind one small interface.
 
 A ``Family`` turns a ``model`` config dict (``{family, preset, **overrides}``) plus the
-restored tokenizer into a model config and a training ``Task``, and builds jitted samplers
-``(params, labels [B], rng) -> flat codes`` (layout of ``jaxar.recipes.codes``). Imports are
+restored tokenizer into a model config and a training ``Task``, and builds its samplers: one
+``jaxar.sampling.base.Sampler`` per (model config, settings, accelerator), whose output has the
+codes in the flat layout of ``jaxar.recipes.codes`` and the forward passes per image. Sampling
+settings are the common ``SamplingOptions`` (one meaning in every family) plus the family's own
+``sampler_fields``; an accelerator (``jaxar.sampling.accelerators``) adds its own. Imports are
 lazy so a family's modules load only when it is used.
 """
 
@@ -12,8 +15,23 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax.numpy as jnp
+
+from jaxar.checks import check_int_input
 from jaxar.recipes.config import dataclass_from
+from jaxar.sampling.accelerators import get_accelerator
+from jaxar.sampling.base import Sampler, constant_passes, split_settings
 from jaxar.train.task import Task
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerBody:
+    """A family's traceable sampler: ``run(params, labels, rng, *extra) -> {"codes" (flat),
+    "forward_passes" [B](, "logits")}``, the host-side ``check(labels)`` and ``extra``."""
+
+    run: Callable[..., dict]
+    check: Callable[[Any], None]
+    extra: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,12 +39,65 @@ class Family:
     name: str
     # (model config dict, tokenizer, loss options) -> (model config, Task)
     build: Callable[[dict, Any, dict], tuple[Any, Task]]
-    # (model config, tokenizer, sampling options) -> jitted (params, labels, rng) -> codes
-    make_sampler: Callable[[Any, Any, dict], Callable]
+    # (model config, tokenizer, sampling settings: common + own) -> SamplerBody
+    sampler_body: Callable[[Any, Any, dict], SamplerBody]
+    sampler_fields: tuple[str, ...] = ()  # the family's own sampling settings
+    sampler_defaults: tuple[tuple[str, Any], ...] = ()  # e.g. VAR: cfg_schedule "linear"
 
     @staticmethod
     def num_classes(model_cfg: Any) -> int:
         return model_cfg.num_classes
+
+    def make_sampler(
+        self,
+        model_cfg: Any,
+        tokenizer: Any,
+        settings: dict[str, Any],
+        accelerator: str | None = None,
+        decode: Callable | None = None,
+    ) -> Sampler:
+        """One compiled ``Sampler`` for these settings (and accelerator, e.g. ``"sjd"``)."""
+        settings = {**dict(self.sampler_defaults), **settings}
+        accel_settings, owner, fields = {}, f"family {self.name!r}", self.sampler_fields
+        if accelerator:
+            accel = get_accelerator(accelerator, self.name)
+            accel_settings = {k: settings.pop(k) for k in accel.fields if k in settings}
+            owner = f"family {self.name!r} with accelerator {accelerator!r}"
+            fields = fields + accel.fields
+        options, _ = split_settings(settings, fields, owner)
+        body = self.sampler_body(model_cfg, tokenizer, settings)
+        if accelerator:
+            codebook = tokenizer.code_embeddings() if accel.needs_codebook else None
+            run, extra = accel.build(model_cfg, codebook, settings, accel_settings)
+            body = SamplerBody(_passes_dict(run), body.check, tuple(extra))
+        name = self.name + (f"+{accelerator}" if accelerator else "")
+        return Sampler(
+            body.run, options=options, settings={**settings, **accel_settings},
+            check=body.check, extra=body.extra, decode=decode, name=name,
+        )  # fmt: skip
+
+
+def _passes_dict(run: Callable) -> Callable:
+    """An accelerator's ``(codes, passes)`` body -> the common output dict."""
+
+    def wrapped(params, labels, rng, *extra):
+        codes, passes = run(params, labels, rng, *extra)
+        return {"codes": codes, "forward_passes": passes}
+
+    return wrapped
+
+
+def _label_check(num_classes: int) -> Callable[[Any], None]:
+    return lambda labels: check_int_input("labels", labels, 1, num_classes)
+
+
+def _with_logits(out: Any, codes_of: Callable, passes, logits_of: Callable | None = None):
+    """The common output dict of a body that returns codes or ``(codes, logits)``."""
+    codes, logits = out if isinstance(out, tuple) else (out, None)
+    result = {"codes": codes_of(codes), "forward_passes": passes}
+    if logits is not None:
+        result["logits"] = logits if logits_of is None else logits_of(logits)
+    return result
 
 
 def _preset_config(values: dict, presets: Callable[..., Any], cls: type, **derived: Any):
@@ -59,13 +130,17 @@ def _gpt_build(model: dict, tokenizer, loss: dict):
     return cfg, make_gpt_task(cfg, label_smoothing=loss.get("label_smoothing", 0.0))
 
 
-def _gpt_sampler(cfg, tokenizer, sampling: dict):
-    from jaxar.sampling.autoregressive import make_sampler
+def _gpt_sampler(cfg, tokenizer, settings: dict) -> SamplerBody:
+    from jaxar.sampling.autoregressive import check_condition, make_sampler
 
     del tokenizer
-    sampler = make_sampler(cfg, **sampling)
-    sampler.forward_passes_per_image = cfg.block_size  # one per token (prefill + scan)
-    return sampler
+    inner = make_sampler(cfg, **settings)
+    passes = constant_passes(cfg.block_size)  # one per token (prefill + scan)
+
+    def run(params, labels, rng):
+        return _with_logits(inner.run(params, labels, rng), lambda c: c, passes(labels))
+
+    return SamplerBody(run, lambda labels: check_condition(cfg, labels))
 
 
 def _token_family(
@@ -92,17 +167,21 @@ def _token_family(
         _check_matches_tokenizer(model.get("family", config_module), cfg, derived)
         return cfg, getattr(module, make_task)(cfg, **loss)
 
-    def sampler(cfg, tokenizer, sampling: dict):
+    def sampler(cfg, tokenizer, settings: dict) -> SamplerBody:
         del tokenizer
-        inner = getattr(importlib.import_module(sampler_module), make_sampler)(cfg, **sampling)
+        inner = getattr(importlib.import_module(sampler_module), make_sampler)(cfg, **settings)
         depth = getattr(cfg, "code_depth", None) if "code_depth" in tokenizer_fields else None
+        shape = () if depth is None else (depth,)
+        passes = inner.forward_passes_per_image
+        passes = constant_passes(passes["spatial"] if isinstance(passes, dict) else passes)
 
-        def flat(params, labels, rng):
-            codes = inner(params, labels, rng)
-            return codes.reshape(len(labels), -1, *(() if depth is None else (depth,)))
+        def run(params, labels, rng):
+            out = inner.run(params, labels, rng)
+            flat = lambda x: x.reshape(len(labels), -1, *shape)  # noqa: E731
+            logits = lambda x: x.reshape(len(labels), -1, *shape, x.shape[-1])  # noqa: E731
+            return _with_logits(out, flat, passes(labels), logits)
 
-        flat.forward_passes_per_image = getattr(inner, "forward_passes_per_image", None)
-        return flat
+        return SamplerBody(run, _label_check(cfg.num_classes))
 
     return build, sampler
 
@@ -123,34 +202,40 @@ def _var_build(model: dict, tokenizer, loss: dict):
     return cfg, task
 
 
-def _var_sampler(cfg, tokenizer, sampling: dict):
+def _var_sampler(cfg, tokenizer, settings: dict) -> SamplerBody:
     from jaxar.generators.var import concat_scales
     from jaxar.sampling.scalewise import make_scalewise_sampler
     from jaxar.tokenizers.autoencoder import make_quantizer
 
-    inner = make_scalewise_sampler(cfg, make_quantizer(tokenizer.config), **sampling)
+    inner = make_scalewise_sampler(cfg, make_quantizer(tokenizer.config), **settings)
+    passes = constant_passes(len(cfg.patch_nums))  # one cached pass per scale
+
+    def run(params, labels, rng, quantizer_params):
+        out = inner.run({"var": params, "quantizer": quantizer_params}, labels, rng)
+        result = {"codes": concat_scales(out["codes"]), "forward_passes": passes(labels)}
+        if "logits" in out:
+            result["logits"] = jnp.concatenate(out["logits"], axis=1)
+        return result
+
     quantizer_params = tokenizer.variables["params"]["quantizer"]
-
-    def flat(params, labels, rng):
-        out = inner({"var": params, "quantizer": quantizer_params}, labels, rng)
-        return concat_scales(out["codes"])
-
-    flat.forward_passes_per_image = len(cfg.patch_nums)
-    return flat
+    return SamplerBody(run, _label_check(cfg.num_classes), (quantizer_params,))
 
 
 FAMILIES: dict[str, Family] = {
-    "var": Family("var", _var_build, _var_sampler),
-    "gpt": Family("gpt", _gpt_build, _gpt_sampler),
+    "var": Family("var", _var_build, _var_sampler, ("return_logits",),
+                  (("cfg_schedule", "linear"),)),
+    "gpt": Family("gpt", _gpt_build, _gpt_sampler, ("cfg_interval", "return_logits")),
     "maskgit": Family("maskgit", *_token_family(
         "jaxar.generators.maskgit", "MaskGITConfig", "maskgit_config", "make_maskgit_task",
-        "jaxar.sampling.masked", "make_maskgit_sampler")),
+        "jaxar.sampling.masked", "make_maskgit_sampler"),
+        ("num_steps", "choice_temperature", "temperature_schedule", "mask_schedule")),
     "randar": Family("randar", *_token_family(
         "jaxar.generators.randar", "RandARConfig", "randar_config", "make_randar_task",
-        "jaxar.sampling.random_order", "make_randar_sampler")),
+        "jaxar.sampling.random_order", "make_randar_sampler"),
+        ("order", "num_inference_steps", "return_logits")),
     "rq": Family("rq", *_token_family(
         "jaxar.generators.rq_transformer", "RQTransformerConfig", "rq_config", "make_rq_task",
-        "jaxar.sampling.rq", "make_rq_sampler", code_depth="rq_depth")),
+        "jaxar.sampling.rq", "make_rq_sampler", code_depth="rq_depth"), ("return_logits",)),
 }  # fmt: skip
 
 

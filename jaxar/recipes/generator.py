@@ -26,18 +26,25 @@ import logging
 import os
 from typing import Any
 
-import jax
 import numpy as np
 
-from jaxar.data.transforms import to_uint8
 from jaxar.paths import resolve
 from jaxar.recipes.config import as_dict, fit_from_config
 from jaxar.recipes.extraction import codes_dataset, ensure_codes
 from jaxar.recipes.families import FAMILIES, Family, get_family
 from jaxar.recipes.tokenizer import LoadedTokenizer, load_tokenizer
+from jaxar.sampling.base import SampleOutput, Sampler, freeze
 from jaxar.train.checkpoint import restore_for_eval
 
-__all__ = ["FAMILIES", "LoadedGenerator", "generator_dataset", "load_generator", "train_generator"]
+__all__ = [
+    "FAMILIES",
+    "LoadedGenerator",
+    "SampleOutput",
+    "Sampler",
+    "generator_dataset",
+    "load_generator",
+    "train_generator",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +60,11 @@ def generator_dataset(config: Any, tokenizer: LoadedTokenizer, workdir, split: s
 
 
 def _preview_fn(family: Family, model_cfg, tokenizer: LoadedTokenizer, sampling: dict, classes):
-    sampler = family.make_sampler(model_cfg, tokenizer, sampling)
+    sampler = family.make_sampler(model_cfg, tokenizer, sampling, decode=tokenizer.decode_uint8)
     labels = np.arange(classes, dtype=np.int32)
 
     def sample_images(params, rng):
-        codes = np.asarray(sampler(params, labels, rng))  # host: params may live on a mesh
-        return np.asarray(to_uint8(np.asarray(tokenizer.decode(codes))))
+        return sampler(params, labels, rng).images
 
     return sample_images
 
@@ -87,25 +93,40 @@ def train_generator(config: Any, workdir: str | os.PathLike):
 
 @dataclasses.dataclass(frozen=True)
 class LoadedGenerator:
-    """A restored generator with its tokenizer; ``sample`` gives flat codes and images."""
+    """A restored generator with its tokenizer.
+
+    ``sampler(accelerator=None, **settings)`` gives the ``jaxar.sampling.base.Sampler`` for the
+    stored ``sampling`` config updated by ``settings`` (built once per distinct settings and
+    kept, so repeated calls and batches reuse one compilation); ``sample(labels, rng, ...)``
+    runs it on the restored params -> ``SampleOutput`` (flat codes, uint8 images, forward
+    passes per image). ``accelerator`` (e.g. ``"sjd"``; default: the config's
+    ``sampling.accelerator``, ``"none"`` for the plain sampler) picks a training-free
+    accelerator, whose settings (``window``, ...) go with the others."""
 
     family: Family
     model_config: Any
     params: Any
     tokenizer: LoadedTokenizer
     config: dict
+    _samplers: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
-    def sampler(self, **sampling: Any):
-        """A jitted ``(params, labels [B], rng) -> flat codes`` with the given settings."""
-        settings = {**self.config.get("sampling", {}), **sampling}
-        return self.family.make_sampler(self.model_config, self.tokenizer, settings)
+    def sampler(self, accelerator: str | None = None, **settings: Any) -> Sampler:
+        settings = {**self.config.get("sampling", {}), **settings}
+        stored = settings.pop("accelerator", None)
+        accelerator = stored if accelerator is None else accelerator
+        accelerator = None if accelerator in (None, "", "none") else accelerator
+        key = (accelerator, freeze(settings))
+        if key not in self._samplers:
+            self._samplers[key] = self.family.make_sampler(
+                self.model_config, self.tokenizer, settings, accelerator,
+                decode=self.tokenizer.decode_uint8,
+            )  # fmt: skip
+        return self._samplers[key]
 
-    def sample(self, labels, rng, **sampling: Any):
-        """-> (flat codes, uint8 images [B,H,W,C])."""
-        codes = self.sampler(**sampling)(self.params, np.asarray(labels, np.int32), rng)
-        codes = np.asarray(codes)  # host: the tokenizer may live on other devices
-        images = to_uint8(np.asarray(jax.device_get(self.tokenizer.decode(codes))))
-        return np.asarray(codes), np.asarray(images)
+    def sample(self, labels, rng, accelerator: str | None = None, **settings: Any):
+        """Samples ``labels`` [B] (rng: a key or an int seed) -> ``SampleOutput``."""
+        sampler = self.sampler(accelerator, **settings)
+        return sampler(self.params, np.asarray(labels, np.int32), rng)
 
 
 def _load_generator_tokenizer(config: dict, override: str | os.PathLike | None, use_ema: bool):

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxar.data.transforms import to_uint8
 from jaxar.eval.image_metrics import psnr, ssim
 from jaxar.paths import resolve
 from jaxar.recipes.codes import flat_length, flatten_codes, unflatten_codes
@@ -112,6 +113,12 @@ class LoadedTokenizer:
         codes = unflatten_codes(flat_codes, self.config, self.image_size)
         return self.module.apply(self.variables, codes, method=Tokenizer.decode_codes)
 
+    def decode_uint8(self, flat_codes: Any) -> np.ndarray:
+        """Flat codes -> uint8 images [B,H,W,C] on the host, through one compiled decoder."""
+        codes = jnp.asarray(flat_codes, jnp.int32)
+        return np.asarray(jax.device_get(_decode_uint8(self.module, self.image_size,
+                                                       self.variables, codes)))  # fmt: skip
+
     def code_embeddings(self) -> jax.Array:
         """The latent vector of every code id, [vocab_size, latent_dim] (single-code
         quantizers: vq, fsq, lfq, ibq); what LANTERN / GSD measure neighbourhoods in."""
@@ -130,6 +137,12 @@ class LoadedTokenizer:
 @functools.partial(jax.jit, static_argnums=0)
 def _encode(module: Tokenizer, variables: dict, images: jax.Array) -> jax.Array:
     return flatten_codes(module.apply(variables, images, method=Tokenizer.encode_to_codes))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _decode_uint8(module: Tokenizer, image_size: int, variables: dict, flat: jax.Array):
+    codes = unflatten_codes(flat, module.config, image_size)
+    return to_uint8(module.apply(variables, codes, method=Tokenizer.decode_codes))
 
 
 @functools.partial(jax.jit, static_argnums=0)

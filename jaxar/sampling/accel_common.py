@@ -25,7 +25,7 @@ import numpy as np
 from jaxar.generators.gpt import GPT, GPTConfig
 from jaxar.layers.attention import KVCache
 from jaxar.layers.rope import gather_rope
-from jaxar.sampling.autoregressive import SamplingOptions
+from jaxar.sampling.autoregressive import GPTSamplingOptions
 from jaxar.sampling.logits import (
     apply_temperature,
     cfg_combine,
@@ -35,7 +35,7 @@ from jaxar.sampling.logits import (
 )
 
 
-def check_options(opts: SamplingOptions, cfg: GPTConfig) -> int:
+def check_options(opts: GPTSamplingOptions, cfg: GPTConfig) -> int:
     """Validates options for an accelerator; returns the number of codes to generate."""
     if opts.return_logits:
         raise ValueError("accelerated samplers do not return logits (return_logits=True)")
@@ -45,12 +45,12 @@ def check_options(opts: SamplingOptions, cfg: GPTConfig) -> int:
     return num
 
 
-def is_greedy(opts: SamplingOptions) -> bool:
+def is_greedy(opts: GPTSamplingOptions) -> bool:
     """Temperature 0 or top_k == 1: the target distribution is a one-hot argmax."""
     return opts.temperature == 0 or opts.top_k == 1
 
 
-def target_probs(logits: jax.Array, opts: SamplingOptions) -> jax.Array:
+def target_probs(logits: jax.Array, opts: GPTSamplingOptions) -> jax.Array:
     """The distribution a plain sampler draws from. logits [..., V] (guided) -> probs [..., V].
 
     Greedy settings give ``one_hot(argmax(logits))`` (the plain sampler's greedy choice).
@@ -100,7 +100,7 @@ class GuidedModel:
 
     model: GPT
     params: Any
-    opts: SamplingOptions
+    opts: GPTSamplingOptions
     num: int
 
     @property
@@ -176,16 +176,7 @@ def nearest_neighbours(embeddings: Any, k: int, chunk: int = 1024) -> np.ndarray
     return out
 
 
-def model_of(model_or_cfg: GPT | GPTConfig) -> GPT:
-    """A ``GPT`` from a module or its config."""
-    if isinstance(model_or_cfg, GPTConfig):
-        return GPT(model_or_cfg)
-    if isinstance(model_or_cfg, GPT):
-        return model_or_cfg
-    raise ValueError(f"expected a GPT or GPTConfig, got {type(model_or_cfg).__name__}")
-
-
-def wrap_sampler(model: GPT, opts: SamplingOptions, generate_fn: Any, *extra: Any) -> Any:
+def wrap_sampler(model: GPT, opts: GPTSamplingOptions, generate_fn: Any, *extra: Any) -> Any:
     """Jits ``generate_fn(params, cond, rng, *extra)`` and checks concrete labels on the host
     first. ``extra`` arrays (e.g. neighbour tables) are passed as arguments, not baked into
     the compiled program as constants.
@@ -203,5 +194,7 @@ def wrap_sampler(model: GPT, opts: SamplingOptions, generate_fn: Any, *extra: An
         return jitted(params, cond, rng, *extra)
 
     sampler.jitted = jitted
+    sampler.run = generate_fn  # the traceable body, for jaxar.sampling.base.Sampler
+    sampler.extra = extra
     sampler.options = opts
     return sampler

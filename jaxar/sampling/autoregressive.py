@@ -31,13 +31,13 @@ from jaxar.sampling.logits import (
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplingOptions:
+class GPTSamplingOptions:
     """Static sampling settings (hashable, so compiled samplers can be cached)."""
 
     cfg_scale: float = 1.0
     cfg_schedule: str = "constant"
     cfg_interval: int = -1  # LlamaGen: guidance off after this many decode steps (-1: never)
-    use_cfg: bool | None = None  # None: guidance iff cfg_scale != 1 or a non-constant schedule
+    use_cfg: bool | None = None  # None: guidance iff cfg_scale != 1
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0
     top_p: float = 1.0
@@ -53,10 +53,11 @@ class SamplingOptions:
     def guided(self) -> bool:
         if self.use_cfg is not None:
             return self.use_cfg
-        return is_guided(self.cfg_scale, self.cfg_schedule)
+        return is_guided(self.cfg_scale)
 
 
-def _model(model_or_cfg: GPT | GPTConfig) -> GPT:
+def model_of(model_or_cfg: GPT | GPTConfig) -> GPT:
+    """A ``GPT`` from a module or its config."""
     if isinstance(model_or_cfg, GPTConfig):
         return GPT(model_or_cfg)
     if isinstance(model_or_cfg, GPT):
@@ -77,7 +78,7 @@ def generate(
     params: Any,
     cond: jax.Array,
     rng: jax.Array,
-    opts: SamplingOptions,
+    opts: GPTSamplingOptions,
     caption_mask: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Traceable sampler body. cond: labels [B] or captions [B, Lc, C]; ``caption_mask``
@@ -139,13 +140,13 @@ def make_sampler(
     decode_fn: Callable[[jax.Array], jax.Array] | None = None,
     **sampling_kwargs: Any,
 ) -> Callable[[Any, jax.Array, jax.Array], Any]:
-    """A jitted ``(params, labels [B], rng) -> codes int32 [B, N]`` (see ``SamplingOptions``
+    """A jitted ``(params, labels [B], rng) -> codes int32 [B, N]`` (see ``GPTSamplingOptions``
     for ``sampling_kwargs``); t2i: ``(params, captions [B, Lc, C], rng, caption_mask [B, Lc])``
     (mask optional). With ``decode_fn`` (traceable, codes [B, h, w] -> images) the
     function returns images instead, decoded inside the same jit. The returned function
     checks concrete labels on the host, then calls the compiled sampler (``.jitted``)."""
-    model = _model(model_or_cfg)
-    opts = SamplingOptions(**sampling_kwargs)
+    model = model_of(model_or_cfg)
+    opts = GPTSamplingOptions(**sampling_kwargs)
     grid = model.config.grid_size
 
     def run(params, cond, rng, caption_mask=None):
@@ -171,12 +172,13 @@ def make_sampler(
         return jitted(params, cond, rng, jnp.asarray(caption_mask, bool))
 
     sampler.jitted = jitted
+    sampler.run = run  # the traceable body, for jaxar.sampling.base.Sampler
     sampler.options = opts
     return sampler
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_sampler(cfg: GPTConfig, opts: SamplingOptions):
+def _cached_sampler(cfg: GPTConfig, opts: GPTSamplingOptions):
     return make_sampler(cfg, **dataclasses.asdict(opts))
 
 
@@ -205,8 +207,8 @@ def sample(
     images) is applied to the result; with ``return_logits`` the result is
     ``(codes_or_images, logits [B, N, V])``.
     """
-    model = _model(model_or_cfg)
-    opts = SamplingOptions(
+    model = model_of(model_or_cfg)
+    opts = GPTSamplingOptions(
         cfg_scale, cfg_schedule, cfg_interval, use_cfg, temperature, top_k, top_p, num_tokens,
         return_logits,
     )  # fmt: skip

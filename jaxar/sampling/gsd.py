@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxar.generators.gpt import GPT, GPTConfig
-from jaxar.sampling.accel_common import check_options, model_of, wrap_sampler
-from jaxar.sampling.autoregressive import SamplingOptions
+from jaxar.sampling.accel_common import check_options, wrap_sampler
+from jaxar.sampling.autoregressive import GPTSamplingOptions, model_of
 from jaxar.sampling.speculative import AcceptRule, check_window, jacobi_generate
 
 _TINY = 1e-12
@@ -113,7 +113,7 @@ def make_gsd_sampler(
     ``window`` and ``sampling_kwargs`` as in ``make_sjd_sampler``.
     """
     model = model_of(model_or_cfg)
-    opts = SamplingOptions(**sampling_kwargs)
+    opts = GPTSamplingOptions(**sampling_kwargs)
     check_options(opts, model.config)
     check_window(window)
     gsd_rule(rank_radius, prob_gap)  # validates

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxar.generators.gpt import GPT, GPTConfig
-from jaxar.sampling.accel_common import check_options, model_of, nearest_neighbours, wrap_sampler
-from jaxar.sampling.autoregressive import SamplingOptions
+from jaxar.sampling.accel_common import check_options, nearest_neighbours, wrap_sampler
+from jaxar.sampling.autoregressive import GPTSamplingOptions, model_of
 from jaxar.sampling.speculative import AcceptRule, check_window, jacobi_generate, take_token
 
 _TINY = 1e-12
@@ -87,7 +87,7 @@ def make_lantern_sampler(
     argument, so other deltas reuse the compilation.
     """
     model = model_of(model_or_cfg)
-    opts = SamplingOptions(**sampling_kwargs)
+    opts = GPTSamplingOptions(**sampling_kwargs)
     check_options(opts, model.config)
     check_window(window)
     shape = jnp.shape(codebook)

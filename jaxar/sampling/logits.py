@@ -128,6 +128,8 @@ def check_sampling_settings(
             raise ValueError(f"{name} must be {accepted}, got {value!r}")
 
 
-def is_guided(cfg_scale: float, cfg_schedule: str) -> bool:
-    """Whether classifier-free guidance changes the logits (so uncond rows are needed)."""
-    return cfg_scale != 1.0 or cfg_schedule != "constant"
+def is_guided(cfg_scale: float) -> bool:
+    """Whether classifier-free guidance changes the logits (so null-condition rows are needed).
+
+    Scale 1 is the conditional model under every schedule (each ramps from 1 to the scale)."""
+    return cfg_scale != 1.0

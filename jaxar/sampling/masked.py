@@ -67,7 +67,7 @@ class MaskedSamplingOptions:
 
     @property
     def guided(self) -> bool:
-        return is_guided(self.cfg_scale, self.cfg_schedule)
+        return is_guided(self.cfg_scale)
 
 
 def mask_by_random_topk(
@@ -204,6 +204,7 @@ def make_maskgit_sampler(
         return jitted(params, labels, rng)
 
     sampler.jitted = jitted
+    sampler.run = run  # the traceable body, for jaxar.sampling.base.Sampler
     sampler.options = opts
     sampler.forward_passes_per_image = opts.num_steps
     return sampler

@@ -92,7 +92,7 @@ class RandomOrderOptions:
 
     @property
     def guided(self) -> bool:
-        return is_guided(self.cfg_scale, self.cfg_schedule)
+        return is_guided(self.cfg_scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +255,7 @@ def make_randar_sampler(
         return jitted(params, labels, rng)
 
     sampler.jitted = jitted
+    sampler.run = run  # the traceable body, for jaxar.sampling.base.Sampler
     sampler.options = opts
     sampler.forward_passes_per_image = len(counts)
     return sampler

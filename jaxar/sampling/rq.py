@@ -48,7 +48,7 @@ class RQSamplingOptions:
 
     @property
     def guided(self) -> bool:
-        return is_guided(self.cfg_scale, self.cfg_schedule)
+        return is_guided(self.cfg_scale)
 
 
 def _apply(model, params, method, *args, **kwargs):
@@ -153,6 +153,7 @@ def make_rq_sampler(
         return jitted(params, labels, rng)
 
     sampler.jitted = jitted
+    sampler.run = run  # the traceable body, for jaxar.sampling.base.Sampler
     sampler.options = opts
     sampler.forward_passes_per_image = {
         "spatial": cfg.block_size,

@@ -6,10 +6,14 @@ The sampled code map is embedded by the multi-scale quantizer (bicubic-up + Phi)
 the running ``f_hat``; ``f_hat`` area-downsampled to s_{k+1} is the next scale's input.
 
 Classifier-free guidance follows VAR: the batch is doubled (conditional rows first, null-class
-rows second, both fed the same codes) and scale k uses
-``logits = (1 + t_k) * cond - t_k * uncond`` with ``t_k = cfg * k / (K - 1)``, i.e.
-``cfg_combine(cond, uncond, 1 + t_k)`` (no guidance at the first scale, ``1 + cfg`` at the
-last). Top-k / top-p / temperature are ``jaxar.sampling.logits``'s. Scale k draws with
+rows second, both fed the same codes) and scale k uses ``cfg_combine(cond, uncond, w_k)`` with
+jaxar's common meaning of the settings (``jaxar.sampling.base``): ``cfg_scale`` 1 = no
+guidance, and ``cfg_schedule="linear"`` (VAR's published ramp, the default here) gives
+``w_k = 1 + (cfg_scale - 1) * k / (K - 1)``: 1 at the first scale, ``cfg_scale`` at the last.
+The original's ``autoregressive_infer_cfg(cfg=c)`` uses ``(1 + t_k) * cond - t_k * uncond``
+with ``t_k = c * k / (K - 1)``, which is this with ``cfg_scale = 1 + c`` (VAR's released
+setting ``cfg=1.5`` is ``cfg_scale=2.5``). ``cfg_schedule="constant"`` guides every scale by
+``cfg_scale``. Top-k / top-p / temperature are ``jaxar.sampling.logits``'s. Scale k draws with
 ``fold_in(rng, k)``, so a seed gives the same codes on any device count.
 """
 
@@ -22,19 +26,25 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxar.checks import check_int_input
 from jaxar.generators.var import VAR, VARConfig, init_var_cache
 from jaxar.quantizers.multiscale import MultiScaleQuantizer, resize
-from jaxar.sampling.logits import cfg_combine, check_sampling_settings, sample_from_logits
+from jaxar.sampling.logits import (
+    cfg_combine,
+    cfg_scale_schedule,
+    check_sampling_settings,
+    is_guided,
+    sample_from_logits,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class ScalewiseOptions:
-    """Static sampling settings. ``cfg_scale`` is VAR's ``cfg`` (0 = no guidance)."""
+    """Static sampling settings, with the common meaning (``cfg_scale`` 1 = no guidance)."""
 
-    cfg_scale: float = 1.5
+    cfg_scale: float = 1.0
+    cfg_schedule: str = "linear"  # VAR's ramp over the scales
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0
     top_p: float = 1.0
@@ -42,24 +52,24 @@ class ScalewiseOptions:
 
     def __post_init__(self):
         check_sampling_settings(
-            "constant", self.temperature, self.top_k, self.top_p, self.cfg_scale
+            self.cfg_schedule, self.temperature, self.top_k, self.top_p, self.cfg_scale
         )
 
     @property
     def guided(self) -> bool:
-        return self.cfg_scale != 0.0
+        return is_guided(self.cfg_scale)
 
 
-def var_cfg_ratios(num_scales: int) -> np.ndarray:
-    """VAR's guidance ramp ``k / (K - 1)`` for k = 0..K-1. -> float32 [K]"""
+def var_guidance_scales(
+    num_scales: int, cfg_scale: float | jax.Array, schedule: str = "linear"
+) -> jax.Array:
+    """Per-scale ``cfg_combine`` scales (``linear``: ``1 + (cfg_scale - 1) * k / (K - 1)``,
+    VAR's ramp; ``constant``: ``cfg_scale``). -> float32 [K]"""
     if num_scales < 2:
         raise ValueError(f"need at least 2 scales, got {num_scales}")
-    return np.arange(num_scales, dtype=np.float32) / (num_scales - 1)
-
-
-def var_guidance_scales(num_scales: int, cfg_scale: float | jax.Array) -> jax.Array:
-    """Per-scale ``cfg_combine`` scales ``1 + cfg * k / (K - 1)``. -> float32 [K]"""
-    return 1.0 + jnp.asarray(cfg_scale, jnp.float32) * jnp.asarray(var_cfg_ratios(num_scales))
+    steps = jnp.arange(num_scales)
+    scales = cfg_scale_schedule(steps, num_scales, cfg_scale, schedule)
+    return jnp.broadcast_to(scales, (num_scales,))
 
 
 def _scale_embedding(quantizer: MultiScaleQuantizer, codes: jax.Array, scale_index: int):
@@ -91,7 +101,7 @@ def generate(
     if opts.guided:
         labels = jnp.concatenate([labels, jnp.full_like(labels, cfg.null_class)])
     cond = model.apply(var_vars, labels, method=VAR.embed_condition)  # [rows, D]
-    guidance = var_guidance_scales(cfg.num_scales, opts.cfg_scale)
+    guidance = var_guidance_scales(cfg.num_scales, opts.cfg_scale, opts.cfg_schedule)
     cache = init_var_cache(cfg, rows)
     last = cfg.patch_nums[-1]
     f_hat = jnp.zeros((batch, last, last, cfg.code_dim), jnp.float32)
@@ -153,5 +163,6 @@ def make_scalewise_sampler(
         return jitted(params, jnp.asarray(labels), rng)
 
     sampler.jitted = jitted
+    sampler.run = run  # the traceable body, for jaxar.sampling.base.Sampler
     sampler.options = opts
     return sampler

@@ -40,12 +40,11 @@ from jaxar.sampling.accel_common import (
     categorical,
     check_options,
     is_greedy,
-    model_of,
     rewind_cache,
     target_probs,
     wrap_sampler,
 )
-from jaxar.sampling.autoregressive import SamplingOptions
+from jaxar.sampling.autoregressive import GPTSamplingOptions, model_of
 
 # (target p [W, V], draft q [W, V], draft tokens x int [W], guided logits [W, V])
 #   -> (acceptance probability [W], unnormalised resampling weights on rejection [W, V])
@@ -159,7 +158,7 @@ def jacobi_generate(
     params: Any,
     cond: jax.Array,
     rng: jax.Array,
-    opts: SamplingOptions,
+    opts: GPTSamplingOptions,
     window: int,
     rule: AcceptRule = sjd_rule,
 ) -> tuple[jax.Array, jax.Array]:
@@ -180,9 +179,9 @@ def make_sjd_sampler(
     model_or_cfg: GPT | GPTConfig, *, window: int = 16, **sampling_kwargs: Any
 ) -> Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     """A jitted ``(params, labels [B], rng) -> (codes int32 [B, N], forward_passes int32 [B])``
-    running SJD with ``window`` draft tokens (``sampling_kwargs``: see ``SamplingOptions``)."""
+    running SJD with ``window`` draft tokens (``sampling_kwargs``: see ``GPTSamplingOptions``)."""
     model = model_of(model_or_cfg)
-    opts = SamplingOptions(**sampling_kwargs)
+    opts = GPTSamplingOptions(**sampling_kwargs)
     check_options(opts, model.config)
     check_window(window)
 

@@ -47,11 +47,10 @@ from jaxar.generators.gpt import GPT, GPTConfig, init_gpt_cache
 from jaxar.sampling.accel_common import (
     GuidedModel,
     check_options,
-    model_of,
     rewind_cache,
     wrap_sampler,
 )
-from jaxar.sampling.autoregressive import SamplingOptions
+from jaxar.sampling.autoregressive import GPTSamplingOptions, model_of
 from jaxar.sampling.logits import sample_from_logits
 
 
@@ -139,14 +138,16 @@ def _pass_mask(plan: ZipARSchedule, prefix: int, s: jax.Array) -> jax.Array:
     return (kept & earlier) | own
 
 
-def _check_full_grid(opts: SamplingOptions, cfg: GPTConfig) -> int:
+def _check_full_grid(opts: GPTSamplingOptions, cfg: GPTConfig) -> int:
     num = check_options(opts, cfg)
     if num != cfg.block_size:
         raise ValueError(f"ZipAR decodes whole grids: num_tokens must be {cfg.block_size}")
     return num
 
 
-def _draw(rng: jax.Array, logits: jax.Array, code: jax.Array, opts: SamplingOptions) -> jax.Array:
+def _draw(
+    rng: jax.Array, logits: jax.Array, code: jax.Array, opts: GPTSamplingOptions
+) -> jax.Array:
     """Code ``code`` of every image from guided logits [B, V] with the plain sampler's rule and
     key ``fold_in(rng, code)``. -> int32 [B]."""
     key = jax.random.fold_in(rng, code)
@@ -154,7 +155,7 @@ def _draw(rng: jax.Array, logits: jax.Array, code: jax.Array, opts: SamplingOpti
 
 
 def zipar_generate(
-    model: GPT, params: Any, cond: jax.Array, rng: jax.Array, opts: SamplingOptions, window: int
+    model: GPT, params: Any, cond: jax.Array, rng: jax.Array, opts: GPTSamplingOptions, window: int
 ) -> tuple[jax.Array, jax.Array]:
     """Traceable ZipAR decode. cond: labels [B] (captions [B, Lc, C]). Returns codes int32
     [B, L] and forward passes per image int32 [B] (equal for all images: a static schedule)."""
@@ -193,9 +194,9 @@ def make_zipar_sampler(
 ) -> Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     """A jitted ``(params, labels [B], rng) -> (codes int32 [B, L], forward_passes int32 [B])``
     running ZipAR with ``window`` (1..grid; grid = full raster). ``sampling_kwargs``: see
-    ``SamplingOptions``."""
+    ``GPTSamplingOptions``."""
     model = model_of(model_or_cfg)
-    opts = SamplingOptions(**sampling_kwargs)
+    opts = GPTSamplingOptions(**sampling_kwargs)
     _check_full_grid(opts, model.config)
     zipar_schedule(model.config.grid_size, window)  # validates
 

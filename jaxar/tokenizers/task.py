@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxar.data.transforms import to_uint8
 from jaxar.tokenizers import losses as L
 from jaxar.tokenizers.autoencoder import Tokenizer, TokenizerConfig, apply_conv_out
 from jaxar.tokenizers.discriminator import PatchDiscriminator
@@ -29,11 +30,6 @@ class TokenizerTask:
     init: Callable[[jax.Array, dict], tuple[Any, Any]]
     loss_fn: Callable[..., tuple[jax.Array, tuple[dict, Any]]]
     sample_images: Callable[[Any, jax.Array], np.ndarray] | None = None
-
-
-def to_uint8(images: jax.Array) -> jax.Array:
-    """[-1, 1] floats -> uint8 [0, 255]."""
-    return jnp.round((jnp.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
 
 
 def make_tokenizer_task(
