@@ -17,15 +17,9 @@ import argparse
 import json
 import sys
 
-from jaxar.eval.evaluate import (
-    REFERENCE_STATISTICS,
-    evaluate_generator,
-    evaluate_tokenizer_dataset,
-    load_inception,
-    make_reference_npz,
-    stored_config,
-)
+from jaxar.eval.evaluate import REFERENCE_STATISTICS, load_inception, make_reference_npz
 from jaxar.eval.reference_npz import load_reference
+from jaxar.recipes.evaluation import evaluate_generator, evaluate_tokenizer_dataset, stored_config
 
 
 def _add_inception_flags(parser: argparse.ArgumentParser) -> None:

@@ -31,7 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from jaxar.train.task import Task  # noqa: E402
+from jaxar.task import Task  # noqa: E402
 
 DIM, HIDDEN, CLASSES, BATCH, NUM_EXAMPLES = 16, 32, 8, 8, 64
 

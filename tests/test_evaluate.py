@@ -14,15 +14,9 @@ import numpy as np
 import pytest
 
 from jaxar.data import load_digits
-from jaxar.eval.evaluate import (
-    evaluate_generator,
-    evaluate_tokenizer_dataset,
-    load_inception,
-    make_reference_npz,
-    score_features,
-    to_rgb_uint8,
-)
+from jaxar.eval.evaluate import load_inception, make_reference_npz, score_features, to_rgb_uint8
 from jaxar.eval.reference_npz import load_reference, save_reference
+from jaxar.recipes.evaluation import evaluate_generator, evaluate_tokenizer_dataset
 from jaxar.recipes.generator import train_generator
 from jaxar.recipes.tokenizer import train_tokenizer
 

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxar.generators.mask_schedule import mask_ratio, num_masked_for_training
 from jaxar.generators.maskgit import (
     MaskGIT,
     MaskGITConfig,
@@ -18,7 +19,6 @@ from jaxar.generators.maskgit import (
     random_mask,
 )
 from jaxar.sampling import masked
-from jaxar.sampling.mask_schedule import mask_ratio, num_masked_for_training
 from jaxar.sharding import LOGICAL_AXES
 
 CFG = maskgit_config("MaskGIT-tiny")

@@ -1,5 +1,6 @@
-"""Whole evaluations: a trained generator (FID / sFID / IS / precision-recall), a trained
-tokenizer on a dataset split (rFID, PSNR, SSIM, codebook usage), and reference batches.
+"""Scoring images against a reference batch (FID / sFID / IS / precision-recall), the FID
+Inception as a feature function, feature moments, and reference batches. The jobs that sample a
+trained generator or stream a tokenizer's dataset split live in ``jaxar.recipes.evaluation``.
 
 Conventions (ADM evaluation suite, see ``jaxar.eval.metrics``):
 - images reach the Inception as uint8 RGB; grey images [N,H,W,1] have their channel repeated
@@ -21,11 +22,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -49,7 +48,6 @@ from jaxar.eval.reference_npz import (
     iter_npz_images,
     load_reference,
     save_reference,
-    save_samples_npz,
 )
 
 FEATURE_KEYS = ("pool", "logits_unbiased", "spatial")
@@ -140,7 +138,7 @@ def to_rgb_uint8(images: Any) -> np.ndarray:
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
-def _in_batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+def in_batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     for start in range(0, len(images), batch_size):
         yield to_rgb_uint8(images[start : start + batch_size])
 
@@ -204,92 +202,6 @@ def score_features(
     return report
 
 
-def generate_samples(
-    generator, num_samples: int, *, batch_size: int, seed: int = 0, **sampling: Any
-) -> tuple[np.ndarray, np.ndarray]:
-    """Samples ``num_samples`` images with balanced labels -> (uint8 [N,H,W,C], labels [N]).
-
-    ``generator`` is a ``jaxar.recipes.generator.LoadedGenerator``. Every batch has
-    ``batch_size`` rows (the last is padded) so the sampler compiles once.
-    """
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"need num_samples, batch_size >= 1, got {num_samples}, {batch_size}")
-    num_classes = generator.family.num_classes(generator.model_config)
-    labels = (np.arange(num_samples) % num_classes).astype(np.int32)
-    sampler = generator.sampler(**sampling)
-    key, images = jax.random.key(seed), []
-    for index, start in enumerate(range(0, num_samples, batch_size)):
-        batch = labels[start : start + batch_size]
-        padded = np.resize(batch, batch_size)  # repeats the batch's labels to fill it
-        out = sampler(generator.params, padded, jax.random.fold_in(key, index))
-        images.append(out.images[: len(batch)])
-    return np.concatenate(images), labels
-
-
-def evaluate_generator(
-    generator_workdir: str | os.PathLike,
-    *,
-    reference_npz: str | os.PathLike,
-    inception: InceptionFeatures,
-    num_samples: int,
-    batch_size: int = 64,
-    seed: int = 0,
-    cfg_scale: float | None = None,
-    sampling: dict[str, Any] | None = None,
-    samples_npz: str | os.PathLike | None = None,
-    reference_statistics: str = "auto",
-    with_precision_recall: bool = True,
-    use_ema: bool = True,
-) -> dict[str, Any]:
-    """Samples a trained generator and scores it against a reference batch -> report dict.
-
-    ``sampling`` overrides the checkpoint's sampling settings (``cfg_scale`` is a shortcut);
-    ``samples_npz`` also writes the samples (RGB uint8 ``arr_0``, labels ``arr_1``).
-    """
-    from jaxar.recipes.generator import load_generator
-
-    # Fail on a bad reference before spending time on the generator.
-    load_reference(reference_npz, require_statistics=False, load_images=False)
-    settings = dict(sampling or {})
-    if cfg_scale is not None:
-        settings["cfg_scale"] = cfg_scale
-    generator = load_generator(generator_workdir, use_ema=use_ema)
-    start = time.perf_counter()
-    images, labels = generate_samples(
-        generator, num_samples, batch_size=batch_size, seed=seed, **settings
-    )
-    sampled = time.perf_counter()
-    rgb = to_rgb_uint8(images)
-    if samples_npz is not None:
-        save_samples_npz(samples_npz, rgb, labels)
-    features = inception(_in_batches(rgb, inception.batch_size))
-    report = score_features(
-        features, reference_npz, inception,
-        reference_statistics=reference_statistics, with_precision_recall=with_precision_recall,
-    )  # fmt: skip
-    report.update(
-        generator=os.fspath(generator_workdir),
-        num_samples=num_samples,
-        seed=seed,
-        sampling={**(generator.config.get("sampling") or {}), **settings},
-        samples_npz=None if samples_npz is None else os.fspath(samples_npz),
-        inception=inception.describe(),
-        sampling_seconds=sampled - start,
-        scoring_seconds=time.perf_counter() - sampled,
-    )
-    return report
-
-
-def stored_config(workdir: str | os.PathLike) -> dict[str, Any]:
-    """The experiment config a training workdir's checkpoint stores (a dict)."""
-    from jaxar.train.checkpoint import restore_for_eval
-
-    _, config = restore_for_eval(workdir)
-    if config is None:
-        raise ValueError(f"checkpoint in {workdir} stores no config; pass the data config")
-    return config
-
-
 class FeatureMoments:
     """Running mean and covariance of feature rows, so features need not be kept in memory.
 
@@ -315,47 +227,6 @@ class FeatureMoments:
         return mu, sigma
 
 
-def evaluate_tokenizer_dataset(
-    tokenizer_workdir: str | os.PathLike,
-    *,
-    inception: InceptionFeatures,
-    data: Any = None,
-    split: str = "test",
-    limit: int | None = None,
-    batch_size: int = 64,
-    use_ema: bool = True,
-) -> dict[str, Any]:
-    """rFID (real images vs their reconstructions), PSNR, SSIM, codebook usage / perplexity.
-
-    ``data`` is a data config (``jaxar.recipes.images``); default: the one the tokenizer was
-    trained with. ``limit`` keeps the first images of the split. The split is streamed in
-    batches of ``batch_size``: only running sums and Inception feature moments are kept.
-    """
-    from jaxar.recipes.images import image_batches
-    from jaxar.recipes.tokenizer import evaluate_tokenizer, load_tokenizer
-
-    tokenizer = load_tokenizer(tokenizer_workdir, use_ema=use_ema)
-    data = stored_config(tokenizer_workdir)["data"] if data is None else data
-    real, fake = FeatureMoments(), FeatureMoments()
-
-    def batches_with_features():
-        for batch in image_batches(data, split=split, limit=limit, batch_size=batch_size):
-            images = batch["image"]  # float [b,H,W,C] in [-1,1]
-            recon = np.asarray(tokenizer.reconstruct(images))
-            real.add(inception(_in_batches(images, inception.batch_size))["pool"])
-            fake.add(inception(_in_batches(recon, inception.batch_size))["pool"])
-            yield images
-
-    report = evaluate_tokenizer(tokenizer, batches_with_features(), batch_size=batch_size)
-    report.update(
-        rfid=frechet_distance(*real.statistics(), *fake.statistics()),
-        tokenizer=os.fspath(tokenizer_workdir),
-        split=split,
-        inception=inception.describe(),
-    )
-    return report
-
-
 def make_reference_npz(
     images: Any, path: str | os.PathLike, inception: InceptionFeatures
 ) -> dict[str, Any]:
@@ -363,7 +234,7 @@ def make_reference_npz(
     ``mu_s`` / ``sigma_s`` (spatial) of ``inception``'s features of ``images`` [N,H,W,1|3]
     (uint8, or float in [-1,1]). Returns a short summary."""
     rgb = to_rgb_uint8(images)
-    features = inception(_in_batches(rgb, inception.batch_size))
+    features = inception(in_batches(rgb, inception.batch_size))
     mu, sigma = feature_statistics(features["pool"])
     mu_s, sigma_s = feature_statistics(features["spatial"])
     save_reference(path, rgb, mu, sigma, mu_s, sigma_s)

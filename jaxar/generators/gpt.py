@@ -22,7 +22,7 @@ from jaxar.layers.mlp import dense_init, ffn_hidden_dim
 from jaxar.layers.norms import RMSNorm
 from jaxar.layers.rope import PREFIX_MODES, gather_rope, rope_table_2d
 from jaxar.layers.transformer import TransformerBlock, block_stack, run_blocks
-from jaxar.train.task import Task
+from jaxar.task import Task
 
 MODEL_TYPES = ("c2i", "t2i")
 
@@ -393,7 +393,7 @@ def gpt_loss(
 
 
 def make_gpt_task(cfg: GPTConfig, label_smoothing: float = 0.0) -> Task:
-    """A ``jaxar.train.task.Task`` training ``GPT(cfg)`` on pre-tokenized batches."""
+    """A ``jaxar.task.Task`` training ``GPT(cfg)`` on pre-tokenized batches."""
     model = GPT(cfg)
 
     def init(rng: jax.Array, batch: dict[str, Any]) -> tuple[Any, dict]:

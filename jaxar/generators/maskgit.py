@@ -22,12 +22,12 @@ import jax.numpy as jnp
 import optax
 
 from jaxar.checks import check_int_input
+from jaxar.generators.mask_schedule import check_mask_schedule, num_masked_for_training
 from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.mlp import dense_init
 from jaxar.layers.norms import RMSNorm
 from jaxar.layers.transformer import block_stack, run_blocks
-from jaxar.sampling.mask_schedule import check_mask_schedule, num_masked_for_training
-from jaxar.train.task import Task
+from jaxar.task import Task
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ from jaxar.layers.mlp import dense_init, ffn_hidden_dim
 from jaxar.layers.norms import RMSNorm
 from jaxar.layers.rope import apply_rope, gather_rope, rope_table_2d
 from jaxar.layers.transformer import run_blocks
-from jaxar.train.task import Task
+from jaxar.task import Task
 
 POSITION_ORDERS = ("random", "raster")
 

@@ -32,7 +32,7 @@ from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.mlp import dense_init, ffn_hidden_dim
 from jaxar.layers.norms import RMSNorm
 from jaxar.layers.transformer import block_stack, run_blocks
-from jaxar.train.task import Task
+from jaxar.task import Task
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,7 +36,7 @@ from jaxar.layers.attention import KVCache, init_kv_cache
 from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.transformer import block_stack, run_blocks
 from jaxar.quantizers.multiscale import MultiScaleQuantizer
-from jaxar.train.task import Task
+from jaxar.task import Task
 
 
 @dataclasses.dataclass(frozen=True)

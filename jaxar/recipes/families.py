@@ -21,7 +21,7 @@ from jaxar.checks import check_int_input
 from jaxar.recipes.config import dataclass_from
 from jaxar.sampling.accelerators import get_accelerator
 from jaxar.sampling.base import Sampler, constant_passes, split_settings
-from jaxar.train.task import Task
+from jaxar.task import Task
 
 
 @dataclasses.dataclass(frozen=True)

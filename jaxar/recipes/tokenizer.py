@@ -35,7 +35,6 @@ from jaxar.tokenizers.autoencoder import Tokenizer, TokenizerConfig, get_preset
 from jaxar.tokenizers.losses import LossConfig
 from jaxar.tokenizers.task import make_tokenizer_task
 from jaxar.train.checkpoint import restore_for_eval
-from jaxar.train.task import Task
 
 
 def tokenizer_config_from(tokenizer: Any) -> TokenizerConfig:
@@ -56,8 +55,6 @@ def train_tokenizer(config: Any, workdir: str | os.PathLike):
     preview, _ = image_arrays(data, split="train", limit=config.get("preview_count", 8))
     shape = (data["image_size"], data["image_size"], data["channels"])
     task = make_tokenizer_task(tok_cfg, loss_cfg, shape, preview_images=preview)
-    task = Task(name="tokenizer", init=task.init, loss_fn=task.loss_fn,
-                sample_images=task.sample_images)  # fmt: skip
     resolved = {"tokenizer": dataclasses.asdict(tok_cfg)}
     return fit_from_config(config, task, image_dataset(data, split="train"), workdir, resolved)
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxar.checks import check_int_input
+from jaxar.generators.mask_schedule import check_mask_schedule, mask_ratio
 from jaxar.generators.maskgit import MaskGIT, MaskGITConfig
 from jaxar.sampling.logits import (
     cfg_combine,
@@ -34,7 +35,6 @@ from jaxar.sampling.logits import (
     is_guided,
     sample_from_logits,
 )
-from jaxar.sampling.mask_schedule import check_mask_schedule, mask_ratio
 
 TEMPERATURE_SCHEDULES = ("constant", "linear")
 

@@ -10,7 +10,7 @@ from jaxar.tokenizers.autoencoder import (
     vq16,
 )
 from jaxar.tokenizers.losses import LossConfig
-from jaxar.tokenizers.task import TokenizerTask, make_tokenizer_task
+from jaxar.tokenizers.task import make_tokenizer_task
 
 __all__ = [
     "PRESETS",
@@ -19,7 +19,6 @@ __all__ = [
     "LossConfig",
     "Tokenizer",
     "TokenizerConfig",
-    "TokenizerTask",
     "get_preset",
     "make_tokenizer_task",
     "vq16",

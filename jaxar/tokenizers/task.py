@@ -8,28 +8,16 @@ collections (EMA codebook statistics in ``vq_stats``) are the ``model_state``.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxar.data.transforms import to_uint8
+from jaxar.task import Task
 from jaxar.tokenizers import losses as L
 from jaxar.tokenizers.autoencoder import Tokenizer, TokenizerConfig, apply_conv_out
 from jaxar.tokenizers.discriminator import PatchDiscriminator
 from jaxar.tokenizers.lpips import LPIPS, load_lpips_params
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenizerTask:
-    """Same fields as ``jaxar.train.task.Task``."""
-
-    init: Callable[[jax.Array, dict], tuple[Any, Any]]
-    loss_fn: Callable[..., tuple[jax.Array, tuple[dict, Any]]]
-    sample_images: Callable[[Any, jax.Array], np.ndarray] | None = None
 
 
 def make_tokenizer_task(
@@ -38,7 +26,7 @@ def make_tokenizer_task(
     image_shape: tuple[int, int, int],
     lpips_params: dict | None = None,
     preview_images: np.ndarray | None = None,
-) -> TokenizerTask:
+) -> Task:
     """Builds the task. ``image_shape`` = (H, W, C). LPIPS weights come from ``lpips_params``
     or ``loss_cfg.lpips_path`` (required when ``perceptual_weight > 0``). With
     ``preview_images`` [N, H, W, C], ``sample_images`` returns uint8 [2N, H, W, C]: the images
@@ -136,4 +124,4 @@ def make_tokenizer_task(
             recon, _ = model.apply({"params": params["model"]}, preview, train=False)
             return np.asarray(to_uint8(jnp.concatenate([preview, recon], axis=0)))
 
-    return TokenizerTask(init=init, loss_fn=loss_fn, sample_images=sample_images)
+    return Task(name="tokenizer", init=init, loss_fn=loss_fn, sample_images=sample_images)

@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 
 from jaxar.paths import check_writable_dir, resolve
 from jaxar.sharding import DEFAULT_RULES, abstract_with_sharding, batch_sharding, use_mesh
+from jaxar.task import Task
 from jaxar.train.checkpoint import CHECKPOINT_DIR, Checkpointer, CheckpointError
 from jaxar.train.images import save_image_grid
 from jaxar.train.metrics_writer import MetricsWriter
@@ -43,7 +44,6 @@ from jaxar.train.optimizer import OptimizerConfig, learning_rate_at, make_optimi
 from jaxar.train.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from jaxar.train.state import TrainState, create_train_state
 from jaxar.train.step import jit_train_step, make_train_step, to_global_batch
-from jaxar.train.task import Task
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxar.sharding import DEFAULT_RULES, sharded_init
-from jaxar.train.task import Task
+from jaxar.task import Task
 
 
 @flax.struct.dataclass

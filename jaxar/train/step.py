@@ -12,8 +12,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from jaxar.sharding import DEFAULT_RULES, batch_sharding, replicated, use_mesh
+from jaxar.task import LossFn
 from jaxar.train.state import TrainState
-from jaxar.train.task import LossFn
 
 TrainStep = Callable[[TrainState, dict[str, Any], jax.Array], tuple[TrainState, dict]]
 

@@ -1,4 +1,8 @@
-"""``Task``: what the generic training loop needs from a model family."""
+"""``Task``: what the generic training loop needs from a model family.
+
+It sits at the bottom of the package (beside ``jaxar.checks``) so that models can say how they
+are trained without importing the training loop: ``jaxar.train`` consumes Tasks, the
+generators and tokenizers produce them."""
 
 from __future__ import annotations
 
