@@ -19,6 +19,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import machine_info, matmul_ceiling, memory_bandwidth, print_json, time_fn  # noqa: E402
+from jaxar.data.global_batch import host_to_global  # noqa: E402
 from jaxar.generators.gpt import GPTConfig, make_gpt_task  # noqa: E402
 from jaxar.sharding import (
     batch_sharding,  # noqa: E402
@@ -26,7 +27,7 @@ from jaxar.sharding import (
 )
 from jaxar.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 from jaxar.train.state import create_train_state  # noqa: E402
-from jaxar.train.step import jit_train_step, make_train_step, to_global_batch  # noqa: E402
+from jaxar.train.step import jit_train_step, make_train_step  # noqa: E402
 
 
 def model_config(layers: int = 8, dim: int = 512) -> GPTConfig:
@@ -70,7 +71,7 @@ def main() -> None:
         shardings,
         batch_sharding(mesh),
     )
-    global_batch = to_global_batch(batch, mesh)
+    global_batch = host_to_global(batch, mesh)
     key = jax.random.key(1)
     compiled = step.jitted.lower(state, global_batch, key).compile()
     cost = compiled.cost_analysis()

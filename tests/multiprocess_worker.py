@@ -32,11 +32,12 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from jaxar import distributed, sharding  # noqa: E402
 from jaxar.data import make_array_dataset  # noqa: E402
+from jaxar.data.global_batch import host_to_global  # noqa: E402
 from jaxar.generators.gpt import GPTConfig, gpt_config, make_gpt_task  # noqa: E402
 from jaxar.train.loop import TrainConfig, fit  # noqa: E402
 from jaxar.train.optimizer import OptimizerConfig, learning_rate_at, make_optimizer  # noqa: E402
 from jaxar.train.state import create_train_state  # noqa: E402
-from jaxar.train.step import jit_train_step, make_train_step, to_global_batch  # noqa: E402
+from jaxar.train.step import jit_train_step, make_train_step  # noqa: E402
 
 GLOBAL_ROWS, COLUMNS = 8, 3
 # Tiny-GPT training: steps, global batch, examples in the fixed code dataset, seed.
@@ -178,7 +179,7 @@ def train_gpt_steps(mesh, batches: list[dict[str, np.ndarray]], config: TrainCon
     step_fn = jit_train_step(step, mesh, shardings, sharding.batch_sharding(mesh))
     losses = []
     for batch in batches:
-        state, metrics = step_fn(state, to_global_batch(batch, mesh), train_rng)
+        state, metrics = step_fn(state, host_to_global(batch, mesh), train_rng)
         losses.append(float(np.asarray(metrics["loss"])))
     return losses, state
 

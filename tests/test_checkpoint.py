@@ -10,13 +10,14 @@ import pytest
 from jax.sharding import NamedSharding
 from PIL import Image
 
+from jaxar.data.global_batch import host_to_global
 from jaxar.sharding import abstract_with_sharding, make_mesh
 from jaxar.train.checkpoint import Checkpointer, config_differences, restore_for_eval
 from jaxar.train.images import LABEL_HEIGHT, save_image_grid
 from jaxar.train.loop import NonFiniteError, TrainConfig, fit
 from jaxar.train.optimizer import OptimizerConfig, make_optimizer
 from jaxar.train.state import create_train_state
-from jaxar.train.step import jit_train_step, make_train_step, to_global_batch
+from jaxar.train.step import jit_train_step, make_train_step
 from tests.resume_worker import make_iterator, make_records, make_task
 
 OPT = OptimizerConfig(learning_rate=1e-2, warmup_steps=0, total_steps=10)
@@ -40,7 +41,7 @@ def saved(tmp_path_factory):
     mesh = make_mesh(8, 1, 1)
     task, optimizer, state, shardings = _state_on(mesh)
     step = jit_train_step(make_train_step(task.loss_fn, optimizer, 0.9), mesh, shardings, None)
-    state, _ = step(state, to_global_batch(_batch(), mesh), jax.random.key(1))
+    state, _ = step(state, host_to_global(_batch(), mesh), jax.random.key(1))
     data_iter = make_iterator()
     next(data_iter), next(data_iter)
     checkpointer = Checkpointer(workdir)

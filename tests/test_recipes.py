@@ -236,7 +236,16 @@ def test_sample_script_refuses_existing_outputs(tmp_path):
 
 def test_strict_restore_is_reachable_from_every_config():
     for name in sorted(os.listdir(CONFIGS)):
-        if name.endswith(".py"):
+        if name.endswith(".py") and not name.startswith("_"):
             config = load_config(os.path.join(CONFIGS, name))
             apply_overrides(config, ["train.strict_restore=True"])
             assert train_config_from(config).strict_restore is True, name
+
+
+def test_packaged_configs_load_by_name():
+    by_name = load_config("tokenizer_digits:msvq")
+    by_path = load_config(os.path.join(CONFIGS, "tokenizer_digits.py") + ":msvq")
+    assert by_name.to_dict() == by_path.to_dict() and by_name.tokenizer.preset == "digits_msvq"
+    assert load_config("gpt_digits.py").model.family == "gpt"
+    with pytest.raises(FileNotFoundError, match=r"nope.*packaged configs: \[.*'gpt_digits'"):
+        load_config("nope")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from jaxar.data.global_batch import host_to_global
 from jaxar.sharding import batch_sharding, make_mesh
 from jaxar.train.optimizer import (
     OptimizerConfig,
@@ -14,7 +15,7 @@ from jaxar.train.optimizer import (
     weight_decay_mask,
 )
 from jaxar.train.state import create_train_state
-from jaxar.train.step import jit_train_step, make_train_step, to_global_batch
+from jaxar.train.step import jit_train_step, make_train_step
 from tests.resume_worker import make_records, make_task
 
 OPT = OptimizerConfig(learning_rate=1e-2, warmup_steps=0, total_steps=10)
@@ -45,7 +46,7 @@ def _run(mesh, opt_cfg, batches, ema_decay=0.9, compute_dtype=None, noise=0.1):
     step = jit_train_step(step, mesh, shardings, batch_sharding(mesh))
     losses = []
     for batch in batches:
-        state, metrics = step(state, to_global_batch(batch, mesh), jax.random.key(1))
+        state, metrics = step(state, host_to_global(batch, mesh), jax.random.key(1))
         losses.append(float(metrics["loss"]))
         history.append(jax.device_get(state.params))
     return state, shardings, losses, history
@@ -160,11 +161,11 @@ def test_bad_optimizer_config_raises(kwargs, match):
         OptimizerConfig(**{**base, **kwargs})
 
 
-def test_to_global_batch_checks_divisibility():
+def test_host_to_global_checks_divisibility():
     mesh = make_mesh(2, 2, 2)
-    batch = to_global_batch(_batch(8), mesh)
-    assert batch["x"].sharding.spec == P(("data", "fsdp"), None)
+    batch = host_to_global(_batch(8), mesh)
+    assert batch["x"].sharding.spec[0] == ("data", "fsdp")
     with pytest.raises(ValueError, match="not divisible"):
-        to_global_batch(_batch(6), mesh)
+        host_to_global(_batch(6), mesh)
     with pytest.raises(ValueError, match="scalar"):
-        to_global_batch({"x": np.float32(1.0)}, mesh)
+        host_to_global({"x": np.float32(1.0)}, mesh)

@@ -32,7 +32,8 @@ def local_batch_shards(mesh: Mesh, spec: P = BATCH_SPEC) -> int:
 def host_to_global(
     batch: Mapping[str, Any], mesh: Mesh, spec: P = BATCH_SPEC
 ) -> dict[str, jax.Array]:
-    """This process's batch ``{k: [B_local, ...]}`` -> global ``jax.Array`` s ``[B_global, ...]``.
+    """This process's batch ``{k: [B_local, ...]}`` (nested dicts too) -> global ``jax.Array`` s
+    ``[B_global, ...]``; what the training loop feeds every step.
 
     The leading (batch) dimension is split over the mesh axes in ``spec[0]`` (default
     ``("data", "fsdp")``), the rest replicated, via ``jax.make_array_from_process_local_data``.
@@ -44,16 +45,18 @@ def host_to_global(
             raise ValueError(f"spec {spec} names mesh axis {axis!r}; mesh has {dict(mesh.shape)}")
     shards = local_batch_shards(mesh, spec)
     sharding = NamedSharding(mesh, spec)
-    out = {}
-    for key, value in batch.items():
+
+    def put(path, value):
         value = np.asarray(value)
+        name = f"batch{jax.tree_util.keystr(path)}"
         if value.ndim == 0:
-            raise ValueError(f"batch[{key!r}] is a scalar; every entry needs a batch dimension")
+            raise ValueError(f"{name} is a scalar; every entry needs a batch dimension")
         if value.shape[0] % shards:
             raise ValueError(
-                f"batch[{key!r}] has local batch size {value.shape[0]}, not divisible by the "
+                f"{name} has local batch size {value.shape[0]}, not divisible by the "
                 f"{shards} batch shards on this process's {len(mesh.local_devices)} local "
                 f"devices (mesh {dict(mesh.shape)}, spec {spec})"
             )
-        out[key] = jax.make_array_from_process_local_data(sharding, value)
-    return out
+        return jax.make_array_from_process_local_data(sharding, value)
+
+    return jax.tree_util.tree_map_with_path(put, dict(batch))

@@ -16,12 +16,13 @@ import jax.numpy as jnp
 import optax
 
 from jaxar.checks import check_int_input
-from jaxar.layers.attention import KVCache, init_kv_cache
+from jaxar.layers.attention import KVCache, init_kv_caches
 from jaxar.layers.conditioning import condition_drop_mask
 from jaxar.layers.mlp import dense_init, ffn_hidden_dim
 from jaxar.layers.norms import RMSNorm
 from jaxar.layers.rope import PREFIX_MODES, gather_rope, rope_table_2d
 from jaxar.layers.transformer import TransformerBlock, block_stack, run_blocks
+from jaxar.presets import from_preset
 from jaxar.task import Task
 
 MODEL_TYPES = ("c2i", "t2i")
@@ -131,13 +132,7 @@ GPT_CONFIGS: dict[str, GPTConfig] = {
 
 def gpt_config(name: str, **overrides: Any) -> GPTConfig:
     """A named preset with fields replaced, e.g. ``gpt_config("GPT-B", vocab_size=4096)``."""
-    if name not in GPT_CONFIGS:
-        raise ValueError(f"unknown GPT preset {name!r}; known: {sorted(GPT_CONFIGS)}")
-    fields = {f.name for f in dataclasses.fields(GPTConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}")
-    return dataclasses.replace(GPT_CONFIGS[name], **overrides)
+    return from_preset(GPT_CONFIGS, name, "GPT", **overrides)
 
 
 def caption_attention_mask(
@@ -363,10 +358,7 @@ def init_gpt_cache(
     """Empty per-layer KV caches for ``batch`` rows (``max_len`` defaults to cfg.cache_len)."""
     dtype = jnp.dtype(cfg.dtype) if dtype is None else dtype
     max_len = cfg.cache_len if max_len is None else max_len
-    return [
-        init_kv_cache(batch, max_len, cfg.kv_heads, cfg.head_dim, dtype)
-        for _ in range(cfg.num_layers)
-    ]
+    return init_kv_caches(cfg.num_layers, batch, max_len, cfg.kv_heads, cfg.head_dim, dtype)
 
 
 def gpt_loss(

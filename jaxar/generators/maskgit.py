@@ -27,6 +27,7 @@ from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.mlp import dense_init
 from jaxar.layers.norms import RMSNorm
 from jaxar.layers.transformer import block_stack, run_blocks
+from jaxar.presets import from_preset
 from jaxar.task import Task
 
 
@@ -94,9 +95,7 @@ MASKGIT_CONFIGS: dict[str, MaskGITConfig] = {
 
 def maskgit_config(name: str, **overrides: Any) -> MaskGITConfig:
     """A named preset with fields replaced, e.g. ``maskgit_config("MaskGIT-digits", dim=64)``."""
-    if name not in MASKGIT_CONFIGS:
-        raise ValueError(f"unknown MaskGIT preset {name!r}; known: {sorted(MASKGIT_CONFIGS)}")
-    return dataclasses.replace(MASKGIT_CONFIGS[name], **overrides)
+    return from_preset(MASKGIT_CONFIGS, name, "MaskGIT", **overrides)
 
 
 class MaskGIT(nn.Module):

@@ -26,12 +26,13 @@ import optax
 
 from jaxar.checks import check_int_input
 from jaxar.generators.gpt import LlamaShapes, llamagen_layers
-from jaxar.layers.attention import KVCache, init_kv_cache
+from jaxar.layers.attention import KVCache, init_kv_caches
 from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.mlp import dense_init, ffn_hidden_dim
 from jaxar.layers.norms import RMSNorm
 from jaxar.layers.rope import apply_rope, gather_rope, rope_table_2d
 from jaxar.layers.transformer import run_blocks
+from jaxar.presets import from_preset
 from jaxar.task import Task
 
 POSITION_ORDERS = ("random", "raster")
@@ -104,9 +105,7 @@ RANDAR_CONFIGS: dict[str, RandARConfig] = {
 
 def randar_config(name: str, **overrides: Any) -> RandARConfig:
     """A named preset with fields replaced."""
-    if name not in RANDAR_CONFIGS:
-        raise ValueError(f"unknown RandAR preset {name!r}; known: {sorted(RANDAR_CONFIGS)}")
-    return dataclasses.replace(RANDAR_CONFIGS[name], **overrides)
+    return from_preset(RANDAR_CONFIGS, name, "RandAR", **overrides)
 
 
 def interleave(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -234,11 +233,9 @@ class RandAR(nn.Module):
 
 def init_randar_cache(cfg: RandARConfig, batch: int, max_len: int) -> list[KVCache]:
     """Empty per-layer KV caches of ``max_len`` slots."""
-    dtype = jnp.dtype(cfg.dtype)
-    return [
-        init_kv_cache(batch, max_len, cfg.kv_heads, cfg.head_dim, dtype)
-        for _ in range(cfg.num_layers)
-    ]
+    return init_kv_caches(
+        cfg.num_layers, batch, max_len, cfg.kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype)
+    )
 
 
 def random_orders(rng: jax.Array, batch: int, length: int) -> jax.Array:

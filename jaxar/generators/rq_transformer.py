@@ -27,11 +27,12 @@ import jax.numpy as jnp
 import optax
 
 from jaxar.checks import check_int_input
-from jaxar.layers.attention import KVCache, init_kv_cache
+from jaxar.layers.attention import KVCache, init_kv_caches
 from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.mlp import dense_init, ffn_hidden_dim
 from jaxar.layers.norms import RMSNorm
 from jaxar.layers.transformer import block_stack, run_blocks
+from jaxar.presets import from_preset
 from jaxar.task import Task
 
 
@@ -102,9 +103,7 @@ RQ_CONFIGS: dict[str, RQTransformerConfig] = {
 
 def rq_config(name: str, **overrides: Any) -> RQTransformerConfig:
     """A named preset with fields replaced."""
-    if name not in RQ_CONFIGS:
-        raise ValueError(f"unknown RQ-Transformer preset {name!r}; known: {sorted(RQ_CONFIGS)}")
-    return dataclasses.replace(RQ_CONFIGS[name], **overrides)
+    return from_preset(RQ_CONFIGS, name, "RQ-Transformer", **overrides)
 
 
 def flat_codes(codes: jax.Array, cfg: RQTransformerConfig) -> jax.Array:
@@ -247,13 +246,13 @@ class RQTransformer(nn.Module):
 def init_rq_caches(cfg: RQTransformerConfig, batch: int) -> tuple[list[KVCache], list[KVCache]]:
     """Empty (spatial, depth) KV caches for ``batch`` rows."""
     dtype = jnp.dtype(cfg.dtype)
-
-    def make(layers, length):
-        return [
-            init_kv_cache(batch, length, cfg.num_heads, cfg.head_dim, dtype) for _ in range(layers)
-        ]
-
-    return make(cfg.spatial_layers, cfg.block_size), make(cfg.depth_layers, cfg.code_depth)
+    spatial = init_kv_caches(
+        cfg.spatial_layers, batch, cfg.block_size, cfg.num_heads, cfg.head_dim, dtype
+    )
+    depth = init_kv_caches(
+        cfg.depth_layers, batch, cfg.code_depth, cfg.num_heads, cfg.head_dim, dtype
+    )
+    return spatial, depth
 
 
 def rq_loss(

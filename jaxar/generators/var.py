@@ -32,9 +32,10 @@ import optax
 
 from jaxar.checks import check_int_input
 from jaxar.layers.adaln import AdaLNBeforeHead, AdaLNSelfAttn, chunk_scaled_init, trunc_normal
-from jaxar.layers.attention import KVCache, init_kv_cache
+from jaxar.layers.attention import KVCache, init_kv_caches
 from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.transformer import block_stack, run_blocks
+from jaxar.presets import from_preset
 from jaxar.quantizers.multiscale import MultiScaleQuantizer
 from jaxar.task import Task
 
@@ -165,12 +166,7 @@ VAR_CONFIGS: dict[str, VARConfig] = {
 
 def var_config(name: str, **overrides: Any) -> VARConfig:
     """A named preset with fields replaced, e.g. ``var_config("VAR-d16", num_classes=10)``."""
-    if name not in VAR_CONFIGS:
-        raise ValueError(f"unknown VAR preset {name!r}; known: {sorted(VAR_CONFIGS)}")
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(VARConfig)}
-    if unknown:
-        raise ValueError(f"unknown VARConfig fields {sorted(unknown)}")
-    return dataclasses.replace(VAR_CONFIGS[name], **overrides)
+    return from_preset(VAR_CONFIGS, name, "VAR", **overrides)
 
 
 def split_scales(codes: jax.Array, patch_nums: Sequence[int]) -> list[jax.Array]:
@@ -315,10 +311,7 @@ class VAR(nn.Module):
 def init_var_cache(cfg: VARConfig, batch: int, dtype: Any = None) -> list[KVCache]:
     """Empty per-block KV caches holding all L tokens of ``batch`` rows."""
     dtype = jnp.dtype(cfg.dtype) if dtype is None else dtype
-    return [
-        init_kv_cache(batch, cfg.seq_len, cfg.num_heads, cfg.head_dim, dtype)
-        for _ in range(cfg.depth)
-    ]
+    return init_kv_caches(cfg.depth, batch, cfg.seq_len, cfg.num_heads, cfg.head_dim, dtype)
 
 
 def var_loss(

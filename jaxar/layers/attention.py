@@ -46,6 +46,13 @@ def init_kv_cache(
     }
 
 
+def init_kv_caches(
+    num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int, dtype: Any
+) -> list[KVCache]:
+    """Empty caches for a stack of ``num_layers`` attention layers (every family's cache)."""
+    return [init_kv_cache(batch, max_len, num_kv_heads, head_dim, dtype) for _ in range(num_layers)]
+
+
 def _broadcast_mask(mask: jax.Array, batch: int, heads: int, t: int, s: int) -> jax.Array:
     """Bool mask [T, S] | [B, T, S] | [B, 1|H, T, S] -> [B, H, T, S]."""
     mask = jnp.asarray(mask, bool)

@@ -1,6 +1,9 @@
 """What every experiment script shares: config loading, overrides and process set-up.
 
 ``--config path/to/config.py[:ARG]`` loads ``get_config(ARG)`` from the file (ml_collections);
+a name that is not a file is looked up among the packaged configs (``jaxar/configs``, also
+reachable as ``experiments/configs`` in a checkout), so ``--config gpt_digits`` or
+``--config tokenizer_digits:msvq`` work from an installed wheel too;
 ``--set key.sub=value`` overrides single fields (values parsed as Python literals when they
 parse, strings otherwise); ``--set +key.sub=value`` adds a field the config does not have yet
 (e.g. a model override on top of a preset).
@@ -18,12 +21,27 @@ import ml_collections
 
 from jaxar.distributed import add_distributed_flags, initialize_from_flags
 
+PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
+
+
+def config_path(name: str) -> str:
+    """A config file: ``name`` itself when it is a file, else the packaged ``jaxar/configs``
+    file of that name (``.py`` optional). FileNotFoundError lists the packaged ones."""
+    if os.path.isfile(name):
+        return name
+    base = os.path.basename(name)
+    packaged = os.path.join(PACKAGED_CONFIGS, base if base.endswith(".py") else base + ".py")
+    if os.path.isfile(packaged):
+        return packaged
+    known = sorted(f[:-3] for f in os.listdir(PACKAGED_CONFIGS) if f.endswith(".py") and
+                   not f.startswith("_"))  # fmt: skip
+    raise FileNotFoundError(f"config file not found: {name} (packaged configs: {known})")
+
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """``"file.py"`` or ``"file.py:arg"`` -> ``get_config(arg)`` of that file."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
+    """``"file.py"`` or ``"file.py:arg"`` (or a packaged config name) -> ``get_config(arg)``."""
+    name, _, arg = spec.partition(":")
+    path = config_path(name)
     module_spec = importlib.util.spec_from_file_location("_jaxar_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

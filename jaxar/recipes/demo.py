@@ -1,7 +1,7 @@
 """The end-to-end demo on the bundled digits: tokenizer -> GPT -> CFG samples -> judged quality.
 
 Steps (each resumes from its checkpoints when run again):
-1. train a small VQ tokenizer on the 16x16 digits (``experiments/configs/tokenizer_digits.py``);
+1. train a small VQ tokenizer on the 16x16 digits (``jaxar/configs/tokenizer_digits.py``);
 2. measure its held-out PSNR / SSIM / codebook usage;
 3. encode the training digits, train a small LlamaGen GPT (``configs/gpt_digits.py``);
 4. sample every class with classifier-free guidance, write a labelled grid PNG;
@@ -21,17 +21,17 @@ import jax
 import numpy as np
 
 from jaxar.eval.digit_metrics import digits_yardstick, summary
-from jaxar.recipes.cli import load_config
+from jaxar.recipes.cli import PACKAGED_CONFIGS, load_config
 from jaxar.recipes.generator import load_generator, train_generator
 from jaxar.recipes.images import image_arrays
 from jaxar.recipes.tokenizer import evaluate_tokenizer, load_tokenizer, train_tokenizer
 from jaxar.train.images import save_image_grid
 
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs")
-
 
 def _config(name: str, steps: int | None, **fields: Any):
-    config = load_config(os.path.join(CONFIG_DIR, name))
+    config = load_config(
+        os.path.join(PACKAGED_CONFIGS, name)
+    )  # the packaged config (works from a wheel)
     if steps is not None:
         config.train.num_steps = steps
         config.train.optimizer.total_steps = steps
@@ -124,3 +124,28 @@ def run_demo(
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report
+
+
+def main(argv=None) -> dict[str, Any]:
+    """``python -m jaxar.recipes.demo`` / ``jaxar-demo`` / ``experiments/demo.py``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The jaxar digits demo (CPU, minutes).")
+    parser.add_argument("--workdir", default="runs/demo")
+    parser.add_argument("--tokenizer_steps", type=int, default=None, help="default: config")
+    parser.add_argument("--generator_steps", type=int, default=None, help="default: config")
+    parser.add_argument("--samples_per_class", type=int, default=10)
+    parser.add_argument("--cfg_scale", type=float, default=None, help="default: config")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    report = run_demo(
+        args.workdir, args.tokenizer_steps, args.generator_steps, args.samples_per_class,
+        args.cfg_scale, args.seed,
+    )  # fmt: skip
+    print(json.dumps(report, indent=2))
+    print(f"grid: {args.workdir}/samples_grid.png")
+    return report
+
+
+if __name__ == "__main__":
+    main()

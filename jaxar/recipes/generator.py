@@ -1,6 +1,6 @@
 """Generator jobs: encode a dataset with a trained tokenizer, train a generator, sample.
 
-Experiment config (see ``experiments/configs/gpt_digits.py``)::
+Experiment config (see ``jaxar/configs/gpt_digits.py``)::
 
     seed, mesh {data, fsdp, tensor},
     data {name, image_size, channels, batch_size, ...}   (the images the codes come from),

@@ -1,6 +1,6 @@
 """Tokenizer jobs: train through the generic loop, restore for use, evaluate, encode datasets.
 
-Experiment config (see ``experiments/configs/tokenizer_digits.py``)::
+Experiment config (see ``jaxar/configs/tokenizer_digits.py``)::
 
     seed, mesh {data, fsdp, tensor},
     data {name, image_size, channels, batch_size, ...}  (jaxar.recipes.images),

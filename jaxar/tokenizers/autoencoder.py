@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxar.layers.conv import AttnBlock, Downsample, ResnetBlock, Upsample, conv, group_norm
+from jaxar.presets import from_preset
 from jaxar.quantizers import QUANTIZERS, QuantizerOutput
 
 
@@ -318,13 +319,11 @@ PRESETS: dict[str, TokenizerConfig] = {
 }
 
 
-def vq16(**overrides) -> TokenizerConfig:
+def vq16(**overrides: Any) -> TokenizerConfig:
     """LlamaGen's VQ-16 tokenizer config (ch=128, ch_mult=(1,1,2,2,4), 16384 x 8 codes)."""
-    return dataclasses.replace(PRESETS["vq16"], **overrides)
+    return get_preset("vq16", **overrides)
 
 
-def get_preset(name: str, **overrides) -> TokenizerConfig:
+def get_preset(name: str, **overrides: Any) -> TokenizerConfig:
     """A named config from ``PRESETS`` with fields replaced by ``overrides``."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown tokenizer preset {name!r}; known: {sorted(PRESETS)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return from_preset(PRESETS, name, "tokenizer", **overrides)

@@ -34,6 +34,7 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh
 
+from jaxar.data.global_batch import host_to_global
 from jaxar.paths import check_writable_dir, resolve
 from jaxar.sharding import DEFAULT_RULES, abstract_with_sharding, batch_sharding, use_mesh
 from jaxar.task import Task
@@ -43,7 +44,7 @@ from jaxar.train.metrics_writer import MetricsWriter
 from jaxar.train.optimizer import OptimizerConfig, learning_rate_at, make_optimizer
 from jaxar.train.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from jaxar.train.state import TrainState, create_train_state
-from jaxar.train.step import jit_train_step, make_train_step, to_global_batch
+from jaxar.train.step import jit_train_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ def _train(run: _Run, state: TrainState, step_fn, first_batch) -> TrainState:
             if batch is None:
                 log.warning("data iterator exhausted after %d steps", step)
                 break
-            state, metrics = step_fn(state, to_global_batch(batch, run.mesh), run.train_rng)
+            state, metrics = step_fn(state, host_to_global(batch, run.mesh), run.train_rng)
             run.pending.append(metrics)
             done = step + 1
             bar.update(1)

@@ -7,11 +7,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
-from jaxar.sharding import DEFAULT_RULES, batch_sharding, replicated, use_mesh
+from jaxar.sharding import DEFAULT_RULES, replicated, use_mesh
 from jaxar.task import LossFn
 from jaxar.train.state import TrainState
 
@@ -87,35 +86,6 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
-
-
-def batch_shardings_for(batch: dict[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
-    """Per-leaf batch shardings: leading axis over (data, fsdp), the rest replicated."""
-    return jax.tree.map(lambda x: batch_sharding(mesh, np.ndim(x)), batch)
-
-
-def to_global_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-    """Host-local numpy batch -> global jax arrays sharded over (data, fsdp).
-
-    Uses ``jax.make_array_from_process_local_data`` so it also works with several hosts,
-    each passing its own slice. Raises ValueError for scalars or a batch size that does not
-    split over the data-parallel devices of this process.
-    """
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    local = max(shards // jax.process_count(), 1)
-
-    def put(path, x):
-        x = np.asarray(x)
-        if x.ndim == 0:
-            raise ValueError(f"batch leaf {jax.tree_util.keystr(path)} is a scalar")
-        if x.shape[0] % local:
-            raise ValueError(
-                f"batch leaf {jax.tree_util.keystr(path)} has leading size {x.shape[0]}, "
-                f"not divisible by the {local} local data-parallel shards (data x fsdp)"
-            )
-        return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
-
-    return jax.tree_util.tree_map_with_path(put, batch)
 
 
 def jit_train_step(
