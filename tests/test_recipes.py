@@ -1,5 +1,6 @@
 """Recipes: config plumbing, code layouts, CLI overrides, and a tiny end-to-end demo run."""
 
+import argparse
 import json
 import os
 
@@ -249,3 +250,18 @@ def test_packaged_configs_load_by_name():
     assert load_config("gpt_digits.py").model.family == "gpt"
     with pytest.raises(FileNotFoundError, match=r"nope.*packaged configs: \[.*'gpt_digits'"):
         load_config("nope")
+
+
+def test_config_flags_style_overrides():
+    from jaxar.recipes.cli import config_flag_overrides, setup
+
+    assert config_flag_overrides(["--config.train.num_steps=10", "--config.seed", "3"]) == [
+        "train.num_steps=10", "seed=3"]  # fmt: skip
+    config, _ = setup(argparse.ArgumentParser(), ["--config", "gpt_digits", "--workdir", "w",
+                      "--config.train.num_steps=7", "--set", "seed=5"])  # fmt: skip
+    assert config.train.num_steps == 7 and config.seed == 5
+    with pytest.raises(KeyError, match="no such config field"):
+        setup(argparse.ArgumentParser(), ["--config", "gpt_digits", "--workdir", "w",
+                                          "--config.train.num_stepz=7"])  # fmt: skip
+    with pytest.raises(SystemExit):
+        setup(argparse.ArgumentParser(), ["--config", "gpt_digits", "--workdir", "w", "--bogus"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,10 +16,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.slow
 def test_demo_runs_from_an_installed_package(tmp_path):
-    site = tmp_path / "site"
+    source, site = tmp_path / "source", tmp_path / "site"  # a copy: the build writes in-tree
+    shutil.copytree(
+        REPO,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "runs", "build", "*.egg-info", "__pycache__", ".pytest_cache"
+        ),
+    )
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(site), REPO],
+         "--target", str(site), str(source)],
         check=True, cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert (site / "jaxar" / "configs" / "gpt_digits.py").is_file()

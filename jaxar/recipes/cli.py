@@ -4,9 +4,11 @@
 a name that is not a file is looked up among the packaged configs (``jaxar/configs``, also
 reachable as ``experiments/configs`` in a checkout), so ``--config gpt_digits`` or
 ``--config tokenizer_digits:msvq`` work from an installed wheel too;
-``--set key.sub=value`` overrides single fields (values parsed as Python literals when they
-parse, strings otherwise); ``--set +key.sub=value`` adds a field the config does not have yet
-(e.g. a model override on top of a preset).
+``--config.key.sub=value`` (the ``ml_collections.config_flags`` form of flax examples and
+big_vision; ``--config.key.sub value`` too) or ``--set key.sub=value`` overrides single fields
+(values parsed as Python literals when they parse, strings otherwise; unknown fields are errors);
+``--set +key.sub=value`` adds a field the config does not have yet (e.g. a model override on top
+of a preset).
 """
 
 from __future__ import annotations
@@ -76,13 +78,34 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
     return config
 
 
+def config_flag_overrides(extra: list[str]) -> list[str]:
+    """``["--config.a.b=1", "--config.c", "x"]`` -> ``["a.b=1", "c=x"]``; ValueError naming any
+    other left-over argument."""
+    out, rest = [], list(extra)
+    while rest:
+        item = rest.pop(0)
+        if not item.startswith("--config."):
+            raise ValueError(f"unrecognized argument {item!r}")
+        key, sep, value = item[len("--config.") :].partition("=")
+        if not sep:
+            if not rest:
+                raise ValueError(f"{item} needs a value (--config.{key}=VALUE)")
+            value = rest.pop(0)
+        out.append(f"{key}={value}")
+    return out
+
+
 def setup(parser: argparse.ArgumentParser, argv=None):
     """Adds the shared flags, parses, initialises multi-host JAX; -> (config, args)."""
-    parser.add_argument("--config", required=True, help="config file, optionally :ARG")
+    parser.add_argument("--config", required=True, help="config file (or packaged name)[:ARG]")
     parser.add_argument("--workdir", required=True, help="checkpoints, logs and outputs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     add_distributed_flags(parser)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    try:
+        overrides = config_flag_overrides(extra)
+    except ValueError as err:
+        parser.error(str(err))
     initialize_from_flags(args)
-    config = apply_overrides(load_config(args.config), args.set)
+    config = apply_overrides(load_config(args.config), overrides + args.set)
     return config, args

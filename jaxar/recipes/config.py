@@ -6,8 +6,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from jax.sharding import Mesh
-
 from jaxar.sharding import make_mesh
 from jaxar.train.loop import TrainConfig, fit
 from jaxar.train.optimizer import OptimizerConfig
@@ -49,15 +47,10 @@ def train_config_from(config: Any) -> TrainConfig:
     return dataclass_from(TrainConfig, train, optimizer=optimizer)
 
 
-def mesh_from(config: Any) -> Mesh:
-    """``config.mesh`` = {data, fsdp, tensor} (missing: data=-1, fsdp=1, tensor=1)."""
-    sizes = as_dict(config.get("mesh", None) if hasattr(config, "get") else None)
-    return make_mesh(**{k: int(v) for k, v in sizes.items()})
-
-
-def fit_from_config(config: Any, task, dataset, workdir, resolved: dict | None = None):
-    """``jaxar.train.loop.fit`` with everything taken from an experiment config: the train
-    settings, the mesh, the seed, and the whole config stored with each checkpoint.
+def fit_from_config(run: Any, task, dataset, workdir, resolved: dict | None = None):
+    """``jaxar.train.loop.fit`` with everything taken from an experiment's ``RunSettings``
+    (``jaxar.recipes.experiment``): the train settings, the mesh, the seed, and the whole
+    config stored with each checkpoint.
 
     ``resolved`` replaces top-level entries of the stored config with fully resolved ones
     (e.g. the model config a preset expands to), so a checkpoint never depends on preset
@@ -65,9 +58,9 @@ def fit_from_config(config: Any, task, dataset, workdir, resolved: dict | None =
     return fit(
         task,
         iter(dataset),
-        config=train_config_from(config),
+        config=run.train,
         workdir=workdir,
-        mesh=mesh_from(config),
-        rng_seed=config.get("seed", 0),
-        checkpoint_config={**as_dict(config), **(resolved or {})},
+        mesh=make_mesh(**run.mesh),
+        rng_seed=run.seed,
+        checkpoint_config={**run.stored, **(resolved or {})},
     )

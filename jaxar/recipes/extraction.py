@@ -15,6 +15,7 @@ a user-given ``codes_dir`` the run stops with ``StaleCodesError`` naming what di
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -25,16 +26,15 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxar.data.codes import INDEX_FILE, code_dtype, make_codes_dataset, read_json
-from jaxar.data.extract import AUGMENTATIONS, StaleCodesError, extract_split, make_plan
+from jaxar.data.extract import StaleCodesError, extract_split, make_plan
 from jaxar.paths import PathLike, join, resolve
 from jaxar.recipes.codes import flatten_codes
-from jaxar.recipes.config import as_dict
+from jaxar.recipes.experiment import generator_experiment
 from jaxar.recipes.images import check_data_config, image_source
 from jaxar.recipes.tokenizer import LoadedTokenizer
 from jaxar.tokenizers.autoencoder import Tokenizer
 
 __all__ = [
-    "CODES_DEFAULTS",
     "StaleCodesError",
     "codes_dataset",
     "codes_dir_for",
@@ -44,36 +44,19 @@ __all__ = [
     "local_encoder",
 ]
 
-CODES_DEFAULTS = {
-    "augment": "none",
-    "crop_range": 1.1,
-    "shard_size": 1024,
-    "batch_size": 64,
-    "read_threads": 8,
-    "cache_dir": None,
-}
 # Data fields that only affect how batches are drawn in training, not the codes.
 NON_CODE_DATA_FIELDS = ("batch_size", "eval_batch_size", "seed", "random_flip", "worker_count")
 
 
 def codes_options(config: Any) -> dict[str, Any]:
-    """``config.codes`` over the defaults; unknown keys and bad values raise ValueError."""
-    options = as_dict(config.get("codes"))
-    unknown = sorted(set(options) - set(CODES_DEFAULTS))
-    if unknown:
-        raise ValueError(f"codes has no fields {unknown}; known: {sorted(CODES_DEFAULTS)}")
-    options = {**CODES_DEFAULTS, **options}
-    if options["augment"] not in AUGMENTATIONS:
-        raise ValueError(f"codes.augment={options['augment']!r}; accepted: {list(AUGMENTATIONS)}")
-    for key in ("shard_size", "batch_size"):
-        if int(options[key]) < 1:
-            raise ValueError(f"codes.{key} must be >= 1, got {options[key]}")
-    return options
+    """``config.codes`` over the defaults (``CodesOptions``); unknown keys and bad values raise
+    ValueError."""
+    return dataclasses.asdict(generator_experiment(config).codes)
 
 
 def codes_dir_for(config: Any, workdir: PathLike | None) -> tuple[epath.Path, bool]:
     """(codes folder, whether it is the run's own default ``<workdir>/codes``)."""
-    given = config.get("codes_dir")
+    given = generator_experiment(config).codes_dir
     if given:
         return resolve(given), False
     if workdir is None:
@@ -83,8 +66,9 @@ def codes_dir_for(config: Any, workdir: PathLike | None) -> tuple[epath.Path, bo
 
 def codes_plan(config: Any, tokenizer: LoadedTokenizer, num_source: int, split: str):
     """The plan (``jaxar.data.extract.make_plan``) of a split's codes under ``config``."""
-    data = check_data_config(config.data, split)
-    options = codes_options(config)
+    exp = generator_experiment(config)
+    data = check_data_config(exp.data, split)
+    options = dataclasses.asdict(exp.codes)
     if (data["image_size"], data["channels"]) != (tokenizer.image_size, tokenizer.channels):
         raise ValueError(
             f"data.image_size={data['image_size']}, data.channels={data['channels']} differ from "
@@ -136,8 +120,9 @@ def extract_codes(
     """Extracts ``split`` of ``config.data`` into ``codes_dir/split`` (every process takes its
     part; see ``jaxar.data.extract``); returns the index. Finished shards are kept; shards of
     other settings are redone with ``rebuild``, else StaleCodesError."""
-    source = image_source(config.data, split) if source is None else source
-    plan = codes_plan(config, tokenizer, len(source), split)
+    exp = generator_experiment(config)
+    source = image_source(exp.data, split) if source is None else source
+    plan = codes_plan(exp, tokenizer, len(source), split)
     encode, num_devices = local_encoder(tokenizer)
     views = plan["views"]
     per_call = max(1, plan["batch_size"] // views) * views
@@ -147,10 +132,9 @@ def extract_codes(
             f"not divisible by the {num_devices} local devices; use a multiple of "
             f"{np.lcm(num_devices, views)}"
         )
-    options = codes_options(config)
     return extract_split(
         source, encode, join(codes_dir, split), plan=plan, rebuild=rebuild,
-        read_threads=int(options["read_threads"]),
+        read_threads=int(exp.codes.read_threads),
     )  # fmt: skip
 
 
@@ -158,27 +142,28 @@ def ensure_codes(
     config: Any, tokenizer: LoadedTokenizer, workdir: PathLike | None, split: str = "train"
 ) -> epath.Path:
     """The folder of ``split``'s codes, extracted first when missing, unfinished or stale."""
-    codes_dir, owned = codes_dir_for(config, workdir)
+    exp = generator_experiment(config)
+    codes_dir, owned = codes_dir_for(exp, workdir)
     split_dir = codes_dir / split
-    source = image_source(config.data, split)
+    source = image_source(exp.data, split)
     index = read_json(split_dir / INDEX_FILE)
     if index is not None:
-        plan = codes_plan(config, tokenizer, len(source), split)
+        plan = codes_plan(exp, tokenizer, len(source), split)
         if {k: index.get(k) for k in plan} == plan:
             return split_dir
-    extract_codes(config, tokenizer, codes_dir, split, rebuild=owned, source=source)
+    extract_codes(exp, tokenizer, codes_dir, split, rebuild=owned, source=source)
     return split_dir
 
 
 def codes_dataset(config: Any, split_dir: PathLike, *, train: bool = True, num_epochs=None):
     """The grain dataset of code batches a generator trains on (``make_codes_dataset``)."""
-    data = as_dict(config.data)
+    exp = generator_experiment(config)
     return make_codes_dataset(
         split_dir,
-        global_batch_size=data["batch_size"],
-        seed=data.get("seed", 0),
+        global_batch_size=exp.data["batch_size"],
+        seed=exp.data.get("seed", 0),
         train=train,
         num_epochs=num_epochs,
-        worker_count=data.get("worker_count", 0),
-        cache_dir=codes_options(config)["cache_dir"],
+        worker_count=exp.data.get("worker_count", 0),
+        cache_dir=exp.codes.cache_dir,
     )

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from jaxar.paths import resolve
-from jaxar.recipes.config import as_dict, fit_from_config
+from jaxar.recipes.config import fit_from_config
+from jaxar.recipes.experiment import generator_experiment
 from jaxar.recipes.extraction import codes_dataset, ensure_codes
 from jaxar.recipes.families import FAMILIES, Family, get_family
 from jaxar.recipes.tokenizer import LoadedTokenizer, load_tokenizer
@@ -72,23 +73,24 @@ def _preview_fn(family: Family, model_cfg, tokenizer: LoadedTokenizer, sampling:
 def train_generator(config: Any, workdir: str | os.PathLike):
     """Trains (or resumes) a generator on the tokenized dataset; returns the final state.
 
+    ``config`` (a ConfigDict, dict or ``GeneratorExperiment``) is resolved once, here.
     Extracts the codes first when ``codes_dir`` (default ``<workdir>/codes``) lacks them."""
-    if not config.get("tokenizer_workdir"):
+    exp = generator_experiment(config)
+    if not exp.tokenizer_workdir:
         raise ValueError("tokenizer_workdir is not set: point it at a train_tokenizer workdir")
     workdir = resolve(workdir)
-    tokenizer = load_tokenizer(config.tokenizer_workdir)
-    family = get_family(config.model.family)
-    model_cfg, task = family.build(as_dict(config.model), tokenizer, as_dict(config.get("loss")))
-    dataset = generator_dataset(config, tokenizer, workdir)
-    sampling = as_dict(config.get("sampling"))
-    preview = _preview_fn(family, model_cfg, tokenizer, sampling, family.num_classes(model_cfg))
+    tokenizer = load_tokenizer(exp.tokenizer_workdir)
+    family = get_family(exp.model.get("family"))
+    model_cfg, task = family.build(exp.model, tokenizer, exp.loss)
+    dataset = generator_dataset(exp, tokenizer, workdir)
+    preview = _preview_fn(family, model_cfg, tokenizer, exp.sampling, family.num_classes(model_cfg))
     task = dataclasses.replace(task, sample_images=preview)
     resolved = {
         "model": {"family": family.name, **dataclasses.asdict(model_cfg)},
         "tokenizer_workdir": tokenizer.workdir,
         "tokenizer_ref": tokenizer.reference(),
     }
-    return fit_from_config(config, task, dataset, workdir, resolved)
+    return fit_from_config(exp.run, task, dataset, workdir, resolved)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,6 @@ from jaxar.recipes.codes import flat_length, flatten_codes, unflatten_codes
 from jaxar.recipes.config import as_dict, dataclass_from, fit_from_config
 from jaxar.recipes.images import image_arrays, image_dataset
 from jaxar.tokenizers.autoencoder import Tokenizer, TokenizerConfig, get_preset
-from jaxar.tokenizers.losses import LossConfig
 from jaxar.tokenizers.task import make_tokenizer_task
 from jaxar.train.checkpoint import restore_for_eval
 
@@ -48,15 +47,17 @@ def tokenizer_config_from(tokenizer: Any) -> TokenizerConfig:
 
 
 def train_tokenizer(config: Any, workdir: str | os.PathLike):
-    """Trains (or resumes) the tokenizer described by ``config``; returns the final state."""
-    data = as_dict(config.data)
-    tok_cfg = tokenizer_config_from(config.tokenizer)
-    loss_cfg = dataclass_from(LossConfig, config.get("loss", {}))
-    preview, _ = image_arrays(data, split="train", limit=config.get("preview_count", 8))
+    """Trains (or resumes) the tokenizer described by ``config`` (a ConfigDict, dict or
+    ``TokenizerExperiment``, resolved once, here); returns the final state."""
+    from jaxar.recipes.experiment import tokenizer_experiment
+
+    exp = tokenizer_experiment(config)
+    data = exp.data
+    preview, _ = image_arrays(data, split="train", limit=exp.preview_count)
     shape = (data["image_size"], data["image_size"], data["channels"])
-    task = make_tokenizer_task(tok_cfg, loss_cfg, shape, preview_images=preview)
-    resolved = {"tokenizer": dataclasses.asdict(tok_cfg)}
-    return fit_from_config(config, task, image_dataset(data, split="train"), workdir, resolved)
+    task = make_tokenizer_task(exp.tokenizer, exp.loss, shape, preview_images=preview)
+    resolved = {"tokenizer": dataclasses.asdict(exp.tokenizer)}
+    return fit_from_config(exp.run, task, image_dataset(data, split="train"), workdir, resolved)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,39 +21,28 @@ import jax.numpy as jnp
 
 from jaxar.checks import check_int_input
 from jaxar.generators.gpt import GPT, GPTConfig, init_gpt_cache
+from jaxar.sampling.base import SamplingOptions
 from jaxar.sampling.logits import (
     cfg_combine,
     cfg_scale_schedule,
-    check_sampling_settings,
-    is_guided,
     sample_from_logits,
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class GPTSamplingOptions:
-    """Static sampling settings (hashable, so compiled samplers can be cached)."""
+class GPTSamplingOptions(SamplingOptions):
+    """The common settings plus the GPT's own (hashable, so compiled samplers can be cached)."""
 
-    cfg_scale: float = 1.0
-    cfg_schedule: str = "constant"
     cfg_interval: int = -1  # LlamaGen: guidance off after this many decode steps (-1: never)
     use_cfg: bool | None = None  # None: guidance iff cfg_scale != 1
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int = 0
-    top_p: float = 1.0
     num_tokens: int | None = None  # default: block_size
     return_logits: bool = False
-
-    def __post_init__(self):
-        check_sampling_settings(
-            self.cfg_schedule, self.temperature, self.top_k, self.top_p, self.cfg_scale
-        )
 
     @property
     def guided(self) -> bool:
         if self.use_cfg is not None:
             return self.use_cfg
-        return is_guided(self.cfg_scale)
+        return super().guided
 
 
 def model_of(model_or_cfg: GPT | GPTConfig) -> GPT:
@@ -209,8 +198,9 @@ def sample(
     """
     model = model_of(model_or_cfg)
     opts = GPTSamplingOptions(
-        cfg_scale, cfg_schedule, cfg_interval, use_cfg, temperature, top_k, top_p, num_tokens,
-        return_logits,
+        cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_interval=cfg_interval,
+        use_cfg=use_cfg, temperature=temperature, top_k=top_k, top_p=top_p,
+        num_tokens=num_tokens, return_logits=return_logits,
     )  # fmt: skip
     out = _cached_sampler(model.config, opts)(params, labels, rng, caption_mask)
     if decode_fn is None:

@@ -95,6 +95,22 @@ def constant_passes(passes: int) -> Callable[[jax.Array], jax.Array]:
     return lambda labels: jnp.full(jnp.shape(labels)[:1], passes, jnp.int32)
 
 
+def jitted_sampler(run: Callable, check: Callable[[Any], None], options: Any, **attrs: Any):
+    """The low-level ``sampler(params, labels, rng)`` of the ``make_*_sampler`` functions: checks
+    concrete labels on the host, then calls ``jax.jit(run)``; carries ``.jitted``, ``.run``
+    (the traceable body, what ``Sampler`` compiles), ``.options`` and ``attrs``."""
+    jitted = jax.jit(run)
+
+    def sampler(params, labels, rng):
+        check(labels)
+        return jitted(params, labels, rng)
+
+    sampler.jitted, sampler.run, sampler.options = jitted, run, options
+    for name, value in attrs.items():
+        setattr(sampler, name, value)
+    return sampler
+
+
 def as_key(rng: Any) -> jax.Array:
     """A PRNG key from a key or an int seed."""
     if isinstance(rng, int | np.integer):
@@ -217,5 +233,6 @@ __all__ = [
     "compile_timer",
     "constant_passes",
     "freeze",
+    "jitted_sampler",
     "split_settings",
 ]

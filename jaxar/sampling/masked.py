@@ -28,11 +28,10 @@ import jax.numpy as jnp
 from jaxar.checks import check_int_input
 from jaxar.generators.mask_schedule import check_mask_schedule, mask_ratio
 from jaxar.generators.maskgit import MaskGIT, MaskGITConfig
+from jaxar.sampling.base import SamplingOptions, jitted_sampler
 from jaxar.sampling.logits import (
     cfg_combine,
     cfg_scale_schedule,
-    check_sampling_settings,
-    is_guided,
     sample_from_logits,
 )
 
@@ -40,34 +39,24 @@ TEMPERATURE_SCHEDULES = ("constant", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskedSamplingOptions:
-    """Static MaskGIT decoding settings (MaskGIT's defaults: 8 steps, choice temperature 4.5)."""
+class MaskedSamplingOptions(SamplingOptions):
+    """The common settings (``cfg_schedule="linear"``: 1 -> cfg_scale over the steps) plus
+    MaskGIT's decoding settings (its defaults: 8 steps, choice temperature 4.5)."""
 
     num_steps: int = 8
     choice_temperature: float = 4.5  # gumbel noise on the confidence, annealed by (1 - t/T)
-    temperature: float = 1.0  # token sampling temperature; 0 = argmax
     temperature_schedule: str = "constant"  # "linear": temperature * (1 - t / T)
     mask_schedule: str = "cosine"
-    cfg_scale: float = 1.0
-    cfg_schedule: str = "constant"  # "linear": 1 -> cfg_scale over the steps
-    top_k: int = 0
-    top_p: float = 1.0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
-        if self.choice_temperature < 0 or self.temperature < 0:
-            raise ValueError("choice_temperature and temperature must be >= 0")
+        if self.choice_temperature < 0:
+            raise ValueError("choice_temperature must be >= 0")
         if self.temperature_schedule not in TEMPERATURE_SCHEDULES:
             raise ValueError(f"temperature_schedule must be one of {TEMPERATURE_SCHEDULES}")
-        check_sampling_settings(
-            self.cfg_schedule, self.temperature, self.top_k, self.top_p, self.cfg_scale
-        )
         check_mask_schedule(self.mask_schedule)
-
-    @property
-    def guided(self) -> bool:
-        return is_guided(self.cfg_scale)
 
 
 def mask_by_random_topk(
@@ -197,14 +186,5 @@ def make_maskgit_sampler(
         codes = generate(model, params, labels, rng, opts)
         return codes if decode_fn is None else decode_fn(codes.reshape(-1, grid, grid))
 
-    jitted = jax.jit(run)
-
-    def sampler(params, labels, rng):
-        check_int_input("labels", labels, 1, cfg.num_classes)
-        return jitted(params, labels, rng)
-
-    sampler.jitted = jitted
-    sampler.run = run  # the traceable body, for jaxar.sampling.base.Sampler
-    sampler.options = opts
-    sampler.forward_passes_per_image = opts.num_steps
-    return sampler
+    check = lambda labels: check_int_input("labels", labels, 1, cfg.num_classes)  # noqa: E731
+    return jitted_sampler(run, check, opts, forward_passes_per_image=opts.num_steps)

@@ -37,11 +37,10 @@ from jaxar.generators.randar import (
     init_randar_cache,
     random_orders,
 )
+from jaxar.sampling.base import SamplingOptions, jitted_sampler
 from jaxar.sampling.logits import (
     cfg_combine,
     cfg_scale_schedule,
-    check_sampling_settings,
-    is_guided,
     sample_from_logits,
 )
 
@@ -71,28 +70,18 @@ def parallel_decoding_schedule(num_steps: int, block_size: int) -> tuple[int, ..
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomOrderOptions:
-    """Static RandAR sampling settings."""
+class RandomOrderOptions(SamplingOptions):
+    """The common settings (``cfg_schedule="linear"`` ramps with the number decoded) plus
+    RandAR's own."""
 
     order: str = "random"  # "random": a fresh permutation per image; "raster"
     num_inference_steps: int | None = None  # None: cfg.num_inference_steps
-    cfg_scale: float = 1.0
-    cfg_schedule: str = "constant"  # "linear": 1 -> cfg_scale with the number decoded
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
     return_logits: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
-        check_sampling_settings(
-            self.cfg_schedule, self.temperature, self.top_k, self.top_p, self.cfg_scale
-        )
-
-    @property
-    def guided(self) -> bool:
-        return is_guided(self.cfg_scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,17 +237,8 @@ def make_randar_sampler(
         codes = out[0] if opts.return_logits else out
         return decode_fn(codes.reshape(-1, cfg.grid_size, cfg.grid_size))
 
-    jitted = jax.jit(run)
-
-    def sampler(params, labels, rng):
-        check_int_input("labels", labels, 1, cfg.num_classes)
-        return jitted(params, labels, rng)
-
-    sampler.jitted = jitted
-    sampler.run = run  # the traceable body, for jaxar.sampling.base.Sampler
-    sampler.options = opts
-    sampler.forward_passes_per_image = len(counts)
-    return sampler
+    check = lambda labels: check_int_input("labels", labels, 1, cfg.num_classes)  # noqa: E731
+    return jitted_sampler(run, check, opts, forward_passes_per_image=len(counts))
 
 
 __all__ = [

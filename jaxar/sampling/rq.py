@@ -21,34 +21,19 @@ import jax.numpy as jnp
 from jaxar.checks import check_int_input
 from jaxar.generators.rq_transformer import RQTransformer, RQTransformerConfig, init_rq_caches
 from jaxar.layers.attention import init_kv_cache
+from jaxar.sampling.base import SamplingOptions, jitted_sampler
 from jaxar.sampling.logits import (
     cfg_combine,
     cfg_scale_schedule,
-    check_sampling_settings,
-    is_guided,
     sample_from_logits,
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class RQSamplingOptions:
-    """Static RQ-Transformer sampling settings (guidance ramps with the position index)."""
+class RQSamplingOptions(SamplingOptions):
+    """The common settings (guidance ramps with the position index) plus ``return_logits``."""
 
-    cfg_scale: float = 1.0
-    cfg_schedule: str = "constant"
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
     return_logits: bool = False
-
-    def __post_init__(self):
-        check_sampling_settings(
-            self.cfg_schedule, self.temperature, self.top_k, self.top_p, self.cfg_scale
-        )
-
-    @property
-    def guided(self) -> bool:
-        return is_guided(self.cfg_scale)
 
 
 def _apply(model, params, method, *args, **kwargs):
@@ -146,17 +131,6 @@ def make_rq_sampler(
             return decode_fn(codes)
         return (codes, out[1]) if opts.return_logits else codes
 
-    jitted = jax.jit(run)
-
-    def sampler(params, labels, rng):
-        check_int_input("labels", labels, 1, cfg.num_classes)
-        return jitted(params, labels, rng)
-
-    sampler.jitted = jitted
-    sampler.run = run  # the traceable body, for jaxar.sampling.base.Sampler
-    sampler.options = opts
-    sampler.forward_passes_per_image = {
-        "spatial": cfg.block_size,
-        "depth": cfg.block_size * cfg.code_depth,
-    }
-    return sampler
+    check = lambda labels: check_int_input("labels", labels, 1, cfg.num_classes)  # noqa: E731
+    passes = {"spatial": cfg.block_size, "depth": cfg.block_size * cfg.code_depth}
+    return jitted_sampler(run, check, opts, forward_passes_per_image=passes)

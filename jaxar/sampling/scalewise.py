@@ -30,34 +30,20 @@ import jax.numpy as jnp
 from jaxar.checks import check_int_input
 from jaxar.generators.var import VAR, VARConfig, init_var_cache
 from jaxar.quantizers.multiscale import MultiScaleQuantizer, resize
+from jaxar.sampling.base import SamplingOptions
 from jaxar.sampling.logits import (
     cfg_combine,
     cfg_scale_schedule,
-    check_sampling_settings,
-    is_guided,
     sample_from_logits,
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class ScalewiseOptions:
-    """Static sampling settings, with the common meaning (``cfg_scale`` 1 = no guidance)."""
+class ScalewiseOptions(SamplingOptions):
+    """The common settings (``cfg_scale`` 1 = no guidance), VAR's ramp as the default schedule."""
 
-    cfg_scale: float = 1.0
     cfg_schedule: str = "linear"  # VAR's ramp over the scales
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int = 0
-    top_p: float = 1.0
     return_logits: bool = False
-
-    def __post_init__(self):
-        check_sampling_settings(
-            self.cfg_schedule, self.temperature, self.top_k, self.top_p, self.cfg_scale
-        )
-
-    @property
-    def guided(self) -> bool:
-        return is_guided(self.cfg_scale)
 
 
 def var_guidance_scales(
