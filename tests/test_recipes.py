@@ -12,9 +12,8 @@ import pytest
 
 from jaxar.recipes.cli import apply_overrides, load_config
 from jaxar.recipes.codes import flat_length, flatten_codes, unflatten_codes
-from jaxar.recipes.config import dataclass_from, train_config_from
+from jaxar.recipes.config import dataclass_from, tokenizer_config_from, train_config_from
 from jaxar.recipes.families import get_family
-from jaxar.recipes.tokenizer import tokenizer_config_from
 from jaxar.train.optimizer import OptimizerConfig
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from jaxar.sharding import make_mesh
+from jaxar.tokenizers.autoencoder import TokenizerConfig, get_preset
 from jaxar.train.loop import TrainConfig, fit
 from jaxar.train.optimizer import OptimizerConfig
 
@@ -64,3 +65,13 @@ def fit_from_config(run: Any, task, dataset, workdir, resolved: dict | None = No
         rng_seed=run.seed,
         checkpoint_config={**run.stored, **(resolved or {})},
     )
+
+
+def tokenizer_config_from(tokenizer: Any) -> TokenizerConfig:
+    """``{preset: name, **overrides}`` -> TokenizerConfig (lists become tuples)."""
+    values = as_dict(tokenizer)
+    preset = values.pop("preset", None)
+    if preset is None:
+        return dataclass_from(TokenizerConfig, values)
+    base = dataclasses.asdict(get_preset(preset))
+    return dataclass_from(TokenizerConfig, {**base, **values})

@@ -16,7 +16,7 @@ import dataclasses
 from typing import Any
 
 from jaxar.data.extract import AUGMENTATIONS
-from jaxar.recipes.config import as_dict, dataclass_from, train_config_from
+from jaxar.recipes.config import as_dict, dataclass_from, tokenizer_config_from, train_config_from
 from jaxar.recipes.images import check_data_config
 from jaxar.tokenizers.autoencoder import TokenizerConfig
 from jaxar.tokenizers.losses import LossConfig
@@ -124,8 +124,6 @@ def generator_experiment(config: Any) -> GeneratorExperiment:
 
 def tokenizer_experiment(config: Any) -> TokenizerExperiment:
     """A tokenizer experiment config -> ``TokenizerExperiment`` (checked once)."""
-    from jaxar.recipes.tokenizer import tokenizer_config_from
-
     if isinstance(config, TokenizerExperiment):
         return config
     values = _checked(config, TOKENIZER_FIELDS, "tokenizer")

@@ -29,28 +29,17 @@ from jaxar.data.transforms import to_uint8
 from jaxar.eval.image_metrics import psnr, ssim
 from jaxar.paths import resolve
 from jaxar.recipes.codes import flat_length, flatten_codes, unflatten_codes
-from jaxar.recipes.config import as_dict, dataclass_from, fit_from_config
+from jaxar.recipes.config import fit_from_config, tokenizer_config_from
+from jaxar.recipes.experiment import tokenizer_experiment
 from jaxar.recipes.images import image_arrays, image_dataset
-from jaxar.tokenizers.autoencoder import Tokenizer, TokenizerConfig, get_preset
+from jaxar.tokenizers.autoencoder import Tokenizer, TokenizerConfig
 from jaxar.tokenizers.task import make_tokenizer_task
 from jaxar.train.checkpoint import restore_for_eval
-
-
-def tokenizer_config_from(tokenizer: Any) -> TokenizerConfig:
-    """``{preset: name, **overrides}`` -> TokenizerConfig (lists become tuples)."""
-    values = as_dict(tokenizer)
-    preset = values.pop("preset", None)
-    if preset is None:
-        return dataclass_from(TokenizerConfig, values)
-    base = dataclasses.asdict(get_preset(preset))
-    return dataclass_from(TokenizerConfig, {**base, **values})
 
 
 def train_tokenizer(config: Any, workdir: str | os.PathLike):
     """Trains (or resumes) the tokenizer described by ``config`` (a ConfigDict, dict or
     ``TokenizerExperiment``, resolved once, here); returns the final state."""
-    from jaxar.recipes.experiment import tokenizer_experiment
-
     exp = tokenizer_experiment(config)
     data = exp.data
     preview, _ = image_arrays(data, split="train", limit=exp.preview_count)
