@@ -264,3 +264,36 @@ def test_config_flags_style_overrides():
                                           "--config.train.num_stepz=7"])  # fmt: skip
     with pytest.raises(SystemExit):
         setup(argparse.ArgumentParser(), ["--config", "gpt_digits", "--workdir", "w", "--bogus"])
+
+
+def test_experiment_configs_resolve_once_into_typed_settings():
+    from jaxar.recipes.experiment import (
+        CodesOptions,
+        GeneratorExperiment,
+        generator_experiment,
+        tokenizer_experiment,
+    )
+    from jaxar.train.loop import TrainConfig
+
+    config = load_config(os.path.join(CONFIGS, "maskgit_digits.py"))
+    exp = generator_experiment(config)
+    assert isinstance(exp, GeneratorExperiment) and generator_experiment(exp) is exp
+    assert isinstance(exp.run.train, TrainConfig) and exp.run.train.num_steps == 1500
+    assert exp.codes == CodesOptions() and exp.data["image_size"] == 16
+    assert exp.run.stored["model"]["family"] == "maskgit"
+    tok = tokenizer_experiment(load_config(os.path.join(CONFIGS, "tokenizer_digits.py") + ":rq"))
+    assert tok.tokenizer.quantizer == "rq" and tok.preview_count == 16  # the config sets 16
+    config.tokenizer_workdr = "typo"  # a misspelt top-level field is an error, not ignored
+    with pytest.raises(ValueError, match=r"no fields \['tokenizer_workdr'\]"):
+        generator_experiment(config)
+    del config["tokenizer_workdr"]
+    config.codes = {"augment": "rotate"}
+    with pytest.raises(ValueError, match="codes.augment='rotate'"):
+        generator_experiment(config)
+    config.codes = {"shards": 3}
+    with pytest.raises(ValueError, match=r"CodesOptions has no fields \['shards'\]"):
+        generator_experiment(config)
+    config.codes = {}
+    config.mesh = {"dta": 2}
+    with pytest.raises(ValueError, match=r"mesh has no axes \['dta'\]"):
+        generator_experiment(config)
