@@ -65,13 +65,3 @@ def check_writable_dir(path: PathLike, what: str = "directory") -> epath.Path:
     except OSError as err:
         raise PermissionError(f"{what} {out} is not writable: {err}") from err
     return out
-
-
-def check_writable_file(path: PathLike, what: str = "file") -> epath.Path:
-    """Checks that ``path`` can be written as a file: its folder is writable and ``path`` is
-    not a directory. Returns it resolved."""
-    out = resolve(path)
-    if out.is_dir():
-        raise IsADirectoryError(f"{what} {out} is a directory, expected a file")
-    check_writable_dir(out.parent, f"folder of {what}")
-    return out

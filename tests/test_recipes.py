@@ -77,6 +77,9 @@ def test_configs_load_and_override():
 def test_tiny_demo_end_to_end(tmp_path):
     from jaxar.recipes.demo import run_demo
 
+    with pytest.raises(ValueError, match="samples_per_class must be >= 2"):
+        run_demo(str(tmp_path / "none"), samples_per_class=1)  # refused before any training
+
     report = run_demo(str(tmp_path), tokenizer_steps=4, generator_steps=4, samples_per_class=2)
     assert set(report) >= {"tokenizer", "samples", "total_minutes"}
     assert np.isfinite(report["tokenizer"]["psnr"])

@@ -42,7 +42,7 @@ def test_demo_runs_from_an_installed_package(tmp_path):
     assert where.stdout.strip().startswith(str(site)), where.stdout  # not the checkout
     demo = subprocess.run(
         [sys.executable, "-m", "jaxar.recipes.demo", "--workdir", "run", "--tokenizer_steps", "2",
-         "--generator_steps", "2", "--samples_per_class", "1"],
+         "--generator_steps", "2", "--samples_per_class", "2"],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stderr[-3000:]

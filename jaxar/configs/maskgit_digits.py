@@ -26,5 +26,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         optimizer=dict(learning_rate=1e-3, warmup_steps=100, total_steps=1500,
                        weight_decay=0.05, b2=0.95, grad_clip_norm=1.0),
     )  # fmt: skip
-    c.sampling = dict(num_steps=8, choice_temperature=4.5, temperature=1.0, cfg_scale=2.0)
+    # MaskGIT's ImageNet settings (8 steps, choice temperature 4.5) with CFG 2 collapse on the
+    # digits (recall 0.27, within-class diversity 0.56 at 1500 steps; bench/RESULTS.md): CFG and
+    # a confidence-ordered reveal both seek the mode. No guidance, a choice temperature of 20
+    # (the reveal order close to random), token temperature 1.2 and 12 steps give recall 0.77,
+    # diversity 0.83 and 97.8 % accuracy (real digits: 0.78, 0.95, 100 %).
+    c.sampling = dict(num_steps=12, choice_temperature=20.0, temperature=1.2, cfg_scale=1.0)
     return c

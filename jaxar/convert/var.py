@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patch-nums", help="explicit scales, e.g. 1,2,3,4,5,6,8,10,13,16")
     parser.add_argument("--num-heads", type=int, help="only for models without l2-norm attn")
     for name, value in SAMPLING_DEFAULTS.items():
-        kind = int if isinstance(value, int) else float
+        kind = type(value)  # int, float or str
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=value,
                             help=f"stored sampling default (VAR: {value})")  # fmt: skip
     args = parser.parse_args(argv)

@@ -42,32 +42,6 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
     return x * (1.0 + scale) + shift
 
 
-class AdaLNModulation(nn.Module):
-    """Maps a condition vector to ``num_chunks`` modulation vectors (SiLU -> Dense, zero init).
-
-    Returns a tuple of ``num_chunks`` arrays ``[B, features]`` (e.g. shift, scale, gate for
-    attention and MLP: ``num_chunks=6``). Zero init makes the block start as the identity
-    (adaLN-Zero, DiT); VAR uses the same layout.
-    """
-
-    features: int
-    num_chunks: int = 6
-    zero_init: bool = True
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, cond: jax.Array) -> tuple[jax.Array, ...]:  # [B, C]
-        init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
-        out = nn.Dense(
-            self.num_chunks * self.features,
-            kernel_init=nn.with_logical_partitioning(init, ("embed", "mlp")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
-            param_dtype=self.param_dtype,
-            name="ada_lin",
-        )(nn.silu(cond))
-        return tuple(jnp.split(out, self.num_chunks, axis=-1))
-
-
 def layer_norm_no_affine(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     """LayerNorm over the last axis without learned scale/bias (the AdaLN base norm)."""
     x32 = x.astype(jnp.float32)

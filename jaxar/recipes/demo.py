@@ -104,6 +104,11 @@ def run_demo(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Runs the whole demo into ``workdir``; returns (and writes) ``report.json``."""
+    if samples_per_class < 2:
+        raise ValueError(
+            f"samples_per_class must be >= 2 (within-class diversity compares two samples of a "
+            f"class), got {samples_per_class}"
+        )
     start, report = time.time(), {}
     tok_dir = os.path.join(workdir, "tokenizer")
     gen_dir = os.path.join(workdir, "generator")

@@ -48,12 +48,6 @@ __all__ = [
 NON_CODE_DATA_FIELDS = ("batch_size", "eval_batch_size", "seed", "random_flip", "worker_count")
 
 
-def codes_options(config: Any) -> dict[str, Any]:
-    """``config.codes`` over the defaults (``CodesOptions``); unknown keys and bad values raise
-    ValueError."""
-    return dataclasses.asdict(generator_experiment(config).codes)
-
-
 def codes_dir_for(config: Any, workdir: PathLike | None) -> tuple[epath.Path, bool]:
     """(codes folder, whether it is the run's own default ``<workdir>/codes``)."""
     given = generator_experiment(config).codes_dir

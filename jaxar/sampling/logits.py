@@ -126,10 +126,3 @@ def check_sampling_settings(
         number = float(np.asarray(value))
         if not (math.isfinite(number) and ok(number)):
             raise ValueError(f"{name} must be {accepted}, got {value!r}")
-
-
-def is_guided(cfg_scale: float) -> bool:
-    """Whether classifier-free guidance changes the logits (so null-condition rows are needed).
-
-    Scale 1 is the conditional model under every schedule (each ramps from 1 to the scale)."""
-    return cfg_scale != 1.0
