@@ -1,4 +1,4 @@
-"""The end-to-end demo on the bundled digits (CPU, about 36 minutes on 2 cores at the configs' steps).
+"""The end-to-end demo on the bundled digits (CPU, about 36 minutes on 2 cores).
 
     python experiments/demo.py --workdir runs/demo    (or: python -m jaxar.recipes.demo)
 
