@@ -29,5 +29,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         optimizer=dict(learning_rate=1e-3, warmup_steps=100, total_steps=1500,
                        weight_decay=0.05, b2=0.95, grad_clip_norm=1.0),
     )  # fmt: skip
-    c.sampling = dict(order="random", cfg_scale=2.0, temperature=1.0)
+    # RandAR's linear CFG ramp (1 -> cfg_scale with the number of tokens decoded), as its
+    # ImageNet setting: constant CFG 2 cut recall to 0.60 and diversity to 0.75 on the digits,
+    # the ramp keeps 0.88 / 0.91 at 98 % accuracy (bench/RESULTS.md).
+    c.sampling = dict(order="random", cfg_scale=2.0, cfg_schedule="linear", temperature=1.0)
     return c
