@@ -6,6 +6,7 @@ each other for them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,6 +19,11 @@ def concrete(x: Any) -> np.ndarray | None:
     if isinstance(x, jax.core.Tracer):
         return None
     return np.asarray(x)
+
+
+def labels_checker(num_classes: int) -> Callable[[Any], None]:
+    """The host check of class labels [B] in [0, num_classes) (the null class is not a label)."""
+    return lambda labels: check_int_input("labels", labels, 1, num_classes)
 
 
 def check_int_input(name: str, x: Any, ndim: int, upper: int) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from jaxar.checks import check_int_input
 from jaxar.recipes.config import dataclass_from
 from jaxar.sampling.accelerators import get_accelerator
 from jaxar.sampling.base import Sampler, constant_passes, split_settings
@@ -65,11 +64,12 @@ class Family:
             owner = f"family {self.name!r} with accelerator {accelerator!r}"
             fields = fields + accel.fields
         options, _ = split_settings(settings, fields, owner)
-        body = self.sampler_body(model_cfg, tokenizer, settings)
         if accelerator:
             codebook = tokenizer.code_embeddings() if accel.needs_codebook else None
-            run, extra = accel.build(model_cfg, codebook, settings, accel_settings)
-            body = SamplerBody(_passes_dict(run), body.check, tuple(extra))
+            run, extra, check = accel.build(model_cfg, codebook, settings, accel_settings)
+            body = SamplerBody(_passes_dict(run), check, tuple(extra))
+        else:
+            body = self.sampler_body(model_cfg, tokenizer, settings)
         name = self.name + (f"+{accelerator}" if accelerator else "")
         return Sampler(
             body.run, options=options, settings={**settings, **accel_settings},
@@ -85,10 +85,6 @@ def _passes_dict(run: Callable) -> Callable:
         return {"codes": codes, "forward_passes": passes}
 
     return wrapped
-
-
-def _label_check(num_classes: int) -> Callable[[Any], None]:
-    return lambda labels: check_int_input("labels", labels, 1, num_classes)
 
 
 def _with_logits(out: Any, codes_of: Callable, passes, logits_of: Callable | None = None):
@@ -131,7 +127,7 @@ def _gpt_build(model: dict, tokenizer, loss: dict):
 
 
 def _gpt_sampler(cfg, tokenizer, settings: dict) -> SamplerBody:
-    from jaxar.sampling.autoregressive import check_condition, make_sampler
+    from jaxar.sampling.autoregressive import make_sampler
 
     del tokenizer
     inner = make_sampler(cfg, **settings)
@@ -140,7 +136,7 @@ def _gpt_sampler(cfg, tokenizer, settings: dict) -> SamplerBody:
     def run(params, labels, rng):
         return _with_logits(inner.run(params, labels, rng), lambda c: c, passes(labels))
 
-    return SamplerBody(run, lambda labels: check_condition(cfg, labels))
+    return SamplerBody(run, inner.check)
 
 
 def _token_family(
@@ -181,7 +177,7 @@ def _token_family(
             logits = lambda x: x.reshape(len(labels), -1, *shape, x.shape[-1])  # noqa: E731
             return _with_logits(out, flat, passes(labels), logits)
 
-        return SamplerBody(run, _label_check(cfg.num_classes))
+        return SamplerBody(run, inner.check)
 
     return build, sampler
 
@@ -218,7 +214,7 @@ def _var_sampler(cfg, tokenizer, settings: dict) -> SamplerBody:
         return result
 
     quantizer_params = tokenizer.variables["params"]["quantizer"]
-    return SamplerBody(run, _label_check(cfg.num_classes), (quantizer_params,))
+    return SamplerBody(run, inner.check, (quantizer_params,))
 
 
 FAMILIES: dict[str, Family] = {

@@ -189,12 +189,16 @@ def wrap_sampler(model: GPT, opts: GPTSamplingOptions, generate_fn: Any, *extra:
     jitted = jax.jit(generate_fn)
     extra = tuple(jnp.asarray(x) for x in extra)
 
-    def sampler(params, cond, rng):
+    def check(cond):
         check_condition(model.config, cond)
+
+    def sampler(params, cond, rng):
+        check(cond)
         return jitted(params, cond, rng, *extra)
 
     sampler.jitted = jitted
     sampler.run = generate_fn  # the traceable body, for jaxar.sampling.base.Sampler
     sampler.extra = extra
+    sampler.check = check
     sampler.options = opts
     return sampler

@@ -22,8 +22,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from jaxar.sampling.autoregressive import GPTSamplingOptions
-
 
 @dataclasses.dataclass(frozen=True)
 class Accelerator:
@@ -35,16 +33,16 @@ class Accelerator:
     make: Callable[..., Any]
 
     def build(self, model_cfg: Any, codebook: Any, options: dict[str, Any], settings: dict):
-        """-> (run(params, labels, rng, *extra) -> (codes, passes), extra arrays)."""
+        """-> (run(params, labels, rng, *extra) -> (codes, passes), extra arrays, the host
+        check of the labels). ``options`` are GPT sampling settings (validated by the make)."""
         unknown = sorted(set(settings) - set(self.fields))
         if unknown:
             raise ValueError(
                 f"unknown setting(s) {unknown} for accelerator {self.name!r}; "
                 f"its settings: {list(self.fields)}"
             )
-        GPTSamplingOptions(**options)  # validates the common part
         wrapped = self.make(model_cfg, codebook, options, dict(settings))
-        return wrapped.run, wrapped.extra
+        return wrapped.run, wrapped.extra, wrapped.check
 
 
 def _sjd(cfg, codebook, options, settings):

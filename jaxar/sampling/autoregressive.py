@@ -162,6 +162,7 @@ def make_sampler(
 
     sampler.jitted = jitted
     sampler.run = run  # the traceable body, for jaxar.sampling.base.Sampler
+    sampler.check = lambda cond: check_condition(model.config, cond)
     sampler.options = opts
     return sampler
 

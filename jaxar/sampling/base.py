@@ -98,14 +98,14 @@ def constant_passes(passes: int) -> Callable[[jax.Array], jax.Array]:
 def jitted_sampler(run: Callable, check: Callable[[Any], None], options: Any, **attrs: Any):
     """The low-level ``sampler(params, labels, rng)`` of the ``make_*_sampler`` functions: checks
     concrete labels on the host, then calls ``jax.jit(run)``; carries ``.jitted``, ``.run``
-    (the traceable body, what ``Sampler`` compiles), ``.options`` and ``attrs``."""
+    (the traceable body, what ``Sampler`` compiles), ``.check``, ``.options`` and ``attrs``."""
     jitted = jax.jit(run)
 
     def sampler(params, labels, rng):
         check(labels)
         return jitted(params, labels, rng)
 
-    sampler.jitted, sampler.run, sampler.options = jitted, run, options
+    sampler.jitted, sampler.run, sampler.check, sampler.options = jitted, run, check, options
     for name, value in attrs.items():
         setattr(sampler, name, value)
     return sampler

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar.checks import check_int_input
+from jaxar.checks import labels_checker
 from jaxar.generators.mask_schedule import check_mask_schedule, mask_ratio
 from jaxar.generators.maskgit import MaskGIT, MaskGITConfig
 from jaxar.sampling.base import SamplingOptions, jitted_sampler
@@ -186,5 +186,5 @@ def make_maskgit_sampler(
         codes = generate(model, params, labels, rng, opts)
         return codes if decode_fn is None else decode_fn(codes.reshape(-1, grid, grid))
 
-    check = lambda labels: check_int_input("labels", labels, 1, cfg.num_classes)  # noqa: E731
+    check = labels_checker(cfg.num_classes)
     return jitted_sampler(run, check, opts, forward_passes_per_image=opts.num_steps)

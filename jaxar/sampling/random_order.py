@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxar.checks import check_int_input
+from jaxar.checks import labels_checker
 from jaxar.generators.randar import (
     RandAR,
     RandARConfig,
@@ -237,7 +237,7 @@ def make_randar_sampler(
         codes = out[0] if opts.return_logits else out
         return decode_fn(codes.reshape(-1, cfg.grid_size, cfg.grid_size))
 
-    check = lambda labels: check_int_input("labels", labels, 1, cfg.num_classes)  # noqa: E731
+    check = labels_checker(cfg.num_classes)
     return jitted_sampler(run, check, opts, forward_passes_per_image=len(counts))
 
 

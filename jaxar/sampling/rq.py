@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar.checks import check_int_input
+from jaxar.checks import labels_checker
 from jaxar.generators.rq_transformer import RQTransformer, RQTransformerConfig, init_rq_caches
 from jaxar.layers.attention import init_kv_cache
 from jaxar.sampling.base import SamplingOptions, jitted_sampler
@@ -131,6 +131,6 @@ def make_rq_sampler(
             return decode_fn(codes)
         return (codes, out[1]) if opts.return_logits else codes
 
-    check = lambda labels: check_int_input("labels", labels, 1, cfg.num_classes)  # noqa: E731
+    check = labels_checker(cfg.num_classes)
     passes = {"spatial": cfg.block_size, "depth": cfg.block_size * cfg.code_depth}
     return jitted_sampler(run, check, opts, forward_passes_per_image=passes)

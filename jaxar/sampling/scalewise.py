@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar.checks import check_int_input
+from jaxar.checks import labels_checker
 from jaxar.generators.var import VAR, VARConfig, init_var_cache
 from jaxar.quantizers.multiscale import MultiScaleQuantizer, resize
 from jaxar.sampling.base import SamplingOptions
@@ -142,13 +142,16 @@ def make_scalewise_sampler(
 
     jitted = jax.jit(run)
 
+    check = labels_checker(cfg.num_classes)
+
     def sampler(params, labels, rng):
         if not isinstance(params, dict) or not {"var", "quantizer"} <= set(params):
             raise ValueError("params must be a dict with 'var' and 'quantizer' entries")
-        check_int_input("labels", labels, 1, cfg.num_classes)
+        check(labels)
         return jitted(params, jnp.asarray(labels), rng)
 
     sampler.jitted = jitted
+    sampler.check = check
     sampler.run = run  # the traceable body, for jaxar.sampling.base.Sampler
     sampler.options = opts
     return sampler
