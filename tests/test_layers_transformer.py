@@ -126,7 +126,7 @@ def test_dot_product_attention_matches_numpy_softmax():
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
     expected = np.einsum("bhts,bshd->bthd", weights, v)
-    mask = jnp.broadcast_to(jnp.asarray(causal), (2, 4, 5, 5))
+    mask = jnp.asarray(causal)
     got = dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 

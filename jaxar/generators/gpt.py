@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxar.checks import check_int_input
-from jaxar.layers.attention import KVCache, init_kv_caches
+from jaxar.layers.attention import KVCache, cache_slots, init_kv_caches
 from jaxar.layers.conditioning import condition_drop_mask
 from jaxar.layers.mlp import dense_init, ffn_hidden_dim
 from jaxar.layers.norms import RMSNorm
@@ -295,7 +295,7 @@ class GPT(nn.Module):
                 raise ValueError(
                     f"caption_mask must be {list(want)}, got {jnp.shape(caption_mask)}"
                 )
-            slots = h.shape[1] if cache is None else cache[0]["k"].shape[1]
+            slots = h.shape[1] if cache is None else cache_slots(cache)
             mask = caption_attention_mask(caption_mask, positions, slots)
         h, new_cache = run_blocks(self.layers, h, cache, rope=rope, mask=mask, train=train)
         logits = self.output(self.norm(h)).astype(jnp.float32)

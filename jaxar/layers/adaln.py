@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxar.layers.attention import KVCache, attend_and_project, update_kv_cache
+from jaxar.layers.attention import KVCache, attend, project_heads, slot_mask, update_kv_cache
 from jaxar.layers.norms import layer_norm_no_affine, modulate
 from jaxar.layers.transformer import DropPath
 
@@ -129,24 +129,27 @@ class VARSelfAttention(nn.Module):
         if cache is not None:
             offset = cache["index"]
             cache = update_kv_cache(cache, k, v)
-            k, v = cache["k"], cache["v"]
+            k, v = cache["k"], cache["v"]  # [B, H, Lmax, Dh]
             if kv_len is not None:
-                k, v = k[:, :kv_len], v[:, :kv_len]
-            written = jnp.arange(k.shape[1]) < offset + t  # [S]
-            mask = written[None, :] if mask is None else (mask & written[None, :])
-        if mask is not None:
-            mask = jnp.broadcast_to(jnp.asarray(mask, bool), (b, self.num_heads, t, k.shape[1]))
+                k, v = k[:, :, :kv_len], v[:, :, :kv_len]
+            written = slot_mask(t, k.shape[2], offset, causal=False)
+            mask = written if mask is None else (jnp.asarray(mask, bool) & written)
         deterministic = not train or self.attn_dropout_rate == 0.0
-        y = attend_and_project(
+        out = attend(
             q,
             k,
             v,
-            mask,
+            mask=mask,
+            causal=False,
+            cached=cache is not None,
+            dropout_rate=self.attn_dropout_rate,
+            dropout_rng=None if deterministic else self.make_rng("dropout"),
+        )
+        y = project_heads(
+            out,
             features=dim,
             kernel_init=trunc_normal(self.proj_std),
             name="proj",
-            dropout_rate=self.attn_dropout_rate,
-            dropout_rng=None if deterministic else self.make_rng("dropout"),
             dtype=self.dtype,
         )
         return nn.Dropout(self.resid_dropout_rate)(y, deterministic=not train), cache
