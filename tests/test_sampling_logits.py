@@ -95,3 +95,17 @@ def test_cfg_combine_and_schedules():
     np.testing.assert_allclose(interval, [3.0, 3.0, 3.0, 1.0, 1.0])  # LlamaGen cfg_interval
     with pytest.raises(ValueError, match="schedule"):
         cfg_scale_schedule(0, 5, 2.0, "cosine")
+
+
+@pytest.mark.parametrize("top_k,top_p", [(3, 1.0), (4, 0.7), (6, 0.5)])
+def test_fused_top_k_draw_follows_the_filtered_softmax(top_k, top_p):
+    """The fused draw over lax.top_k's candidates has the distribution of
+    softmax(top_p_filter(top_k_filter(logits))) and never leaves the kept set."""
+    logits = jnp.log(jnp.array([0.02, 0.3, 0.05, 0.15, 0.2, 0.08, 0.12, 0.08]))
+    filtered = top_p_filter(top_k_filter(logits[None], top_k), top_p)[0]
+    want = np.asarray(jax.nn.softmax(filtered))
+    keys = jax.random.split(jax.random.key(5), 20000)
+    draws = np.asarray(jax.vmap(lambda k: sample_from_logits(k, logits, 1.0, top_k, top_p))(keys))
+    assert set(draws) <= set(np.flatnonzero(want > 0))
+    freq = np.bincount(draws, minlength=want.size) / draws.size
+    np.testing.assert_allclose(freq, want, atol=0.015)

@@ -241,7 +241,7 @@ class GPT(nn.Module):
             cfg.vocab_size,
             use_bias=False,
             kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "vocab")),
-            dtype=dtype,
+            dtype=jnp.float32,  # float32 logits under any compute dtype
         )
         self.token_dropout = nn.Dropout(cfg.token_dropout)
 

@@ -19,7 +19,13 @@ import jax.numpy as jnp
 
 from jaxar.recipes.config import dataclass_from
 from jaxar.sampling.accelerators import get_accelerator
-from jaxar.sampling.base import Sampler, constant_passes, split_settings
+from jaxar.sampling.base import (
+    Sampler,
+    at_precision,
+    constant_passes,
+    split_settings,
+    with_precision,
+)
 from jaxar.task import Task
 
 
@@ -64,6 +70,7 @@ class Family:
             owner = f"family {self.name!r} with accelerator {accelerator!r}"
             fields = fields + accel.fields
         options, _ = split_settings(settings, fields, owner)
+        model_cfg = at_precision(model_cfg, options.precision)
         if accelerator:
             codebook = tokenizer.code_embeddings() if accel.needs_codebook else None
             run, extra, check = accel.build(model_cfg, codebook, settings, accel_settings)
@@ -71,8 +78,9 @@ class Family:
         else:
             body = self.sampler_body(model_cfg, tokenizer, settings)
         name = self.name + (f"+{accelerator}" if accelerator else "")
+        run = with_precision(body.run, options.precision)
         return Sampler(
-            body.run, options=options, settings={**settings, **accel_settings},
+            run, options=options, settings={**settings, **accel_settings},
             check=body.check, extra=body.extra, decode=decode, name=name,
         )  # fmt: skip
 

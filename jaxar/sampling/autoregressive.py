@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jaxar.checks import check_int_input
 from jaxar.generators.gpt import GPT, GPTConfig, init_gpt_cache
-from jaxar.sampling.base import SamplingOptions
+from jaxar.sampling.base import SamplingOptions, at_precision, cast_params
 from jaxar.sampling.logits import (
     cfg_combine,
     cfg_scale_schedule,
@@ -132,13 +132,17 @@ def make_sampler(
     """A jitted ``(params, labels [B], rng) -> codes int32 [B, N]`` (see ``GPTSamplingOptions``
     for ``sampling_kwargs``); t2i: ``(params, captions [B, Lc, C], rng, caption_mask [B, Lc])``
     (mask optional). With ``decode_fn`` (traceable, codes [B, h, w] -> images) the
-    function returns images instead, decoded inside the same jit. The returned function
+    function returns images instead, decoded inside the same jit. ``precision="bfloat16"``
+    samples with bfloat16 weights, activations and KV cache (float32 logits, softmax and
+    sampling); the caller's params stay float32. The returned function
     checks concrete labels on the host, then calls the compiled sampler (``.jitted``)."""
-    model = model_of(model_or_cfg)
     opts = GPTSamplingOptions(**sampling_kwargs)
+    model = model_of(model_or_cfg)
+    model = model.clone(config=at_precision(model.config, opts.precision))
     grid = model.config.grid_size
 
     def run(params, cond, rng, caption_mask=None):
+        params = cast_params(params, opts.precision)
         out = generate(model, params, cond, rng, opts, caption_mask)
         if decode_fn is None:
             return out
@@ -189,6 +193,7 @@ def sample(
     return_logits: bool = False,
     decode_fn: Callable[[jax.Array], jax.Array] | None = None,
     caption_mask: jax.Array | None = None,
+    precision: str = "float32",
 ) -> Any:
     """Samples codes int32 [B, N] for ``labels`` [B] (t2i: captions [B, Lc, C], with an
     optional ``caption_mask`` [B, Lc], 0 at padded caption tokens).
@@ -201,7 +206,7 @@ def sample(
     opts = GPTSamplingOptions(
         cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_interval=cfg_interval,
         use_cfg=use_cfg, temperature=temperature, top_k=top_k, top_p=top_p,
-        num_tokens=num_tokens, return_logits=return_logits,
+        num_tokens=num_tokens, return_logits=return_logits, precision=precision,
     )  # fmt: skip
     out = _cached_sampler(model.config, opts)(params, labels, rng, caption_mask)
     if decode_fn is None:

@@ -3,7 +3,9 @@
 * ``SamplingOptions``: the settings every family shares, with one meaning everywhere:
   ``cfg_scale`` (1 = no guidance; guided logits are ``uncond + cfg_scale * (cond - uncond)``),
   ``cfg_schedule`` ("constant", or "linear": 1 at the first step to ``cfg_scale`` at the last),
-  ``temperature`` (0 = greedy), ``top_k`` (0 = off) and ``top_p`` (1 = off). Everything else
+  ``temperature`` (0 = greedy), ``top_k`` (0 = off), ``top_p`` (1 = off) and ``precision``
+  ("float32", or "bfloat16": weights, activations and KV cache in bfloat16, scores, softmax
+  and sampling in float32; see ``at_precision`` / ``cast_params``). Everything else
   (MaskGIT's ``num_steps``, RandAR's ``order``, an accelerator's ``window``, ...) is the
   family's or the accelerator's own part, checked by name (``split_settings``).
 * ``Sampler``: one compiled function per (model config, options), built once and reused for
@@ -31,7 +33,8 @@ import numpy as np
 
 from jaxar.sampling.logits import check_sampling_settings
 
-COMMON_FIELDS = ("cfg_scale", "cfg_schedule", "temperature", "top_k", "top_p")
+COMMON_FIELDS = ("cfg_scale", "cfg_schedule", "temperature", "top_k", "top_p", "precision")
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +46,13 @@ class SamplingOptions:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    precision: str = "float32"
 
     def __post_init__(self):
         check_sampling_settings(
             self.cfg_schedule, self.temperature, self.top_k, self.top_p, self.cfg_scale
         )
+        check_precision(self.precision)
 
     @property
     def guided(self) -> bool:
@@ -69,6 +74,43 @@ def split_settings(
         )
     common = SamplingOptions(**{k: v for k, v in settings.items() if k in COMMON_FIELDS})
     return common, {k: v for k, v in settings.items() if k not in COMMON_FIELDS}
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def at_precision(model_cfg: Any, precision: str) -> Any:
+    """The model config to sample with: ``dtype`` (the compute dtype every family's config
+    has; KV caches follow it) set to ``precision``; float32 leaves the config as trained."""
+    check_precision(precision)
+    if precision == "float32" or model_cfg.dtype == precision:
+        return model_cfg
+    return dataclasses.replace(model_cfg, dtype=precision)
+
+
+def cast_params(params: Any, precision: str) -> Any:
+    """Floating parameters in ``precision`` (traceable). The cast is fenced by an
+    optimization barrier so XLA materialises the half-size copy once per call instead of
+    fusing the conversion into every decode step's matmuls (which would still stream the
+    float32 weights)."""
+    check_precision(precision)
+    if precision == "float32":
+        return params
+    dtype = jnp.dtype(precision)
+
+    def cast(x):
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.lax.optimization_barrier(jax.tree.map(cast, params))
+
+
+def with_precision(run: Callable, precision: str) -> Callable:
+    """``run(params, *args)`` with its params cast by ``cast_params``."""
+    if precision == "float32":
+        return run
+    return lambda params, *args: run(cast_params(params, precision), *args)
 
 
 def freeze(value: Any) -> Any:
@@ -228,11 +270,15 @@ __all__ = [
     "COMMON_FIELDS",
     "SampleOutput",
     "Sampler",
+    "PRECISIONS",
     "SamplingOptions",
     "as_key",
+    "at_precision",
+    "cast_params",
     "compile_timer",
     "constant_passes",
     "freeze",
     "jitted_sampler",
     "split_settings",
+    "with_precision",
 ]

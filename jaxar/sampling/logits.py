@@ -36,20 +36,31 @@ def top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:
     return jnp.where(logits < kth, -jnp.inf, logits)
 
 
-def top_p_filter(logits: jax.Array, top_p: float | jax.Array) -> jax.Array:
-    """Nucleus filter: keeps the smallest set of most likely tokens whose probability mass
-    reaches ``top_p`` (always at least the top token). ``top_p >= 1`` keeps everything."""
+def _check_top_p(top_p: float | jax.Array) -> bool:
+    """Whether the nucleus filter has work to do (a static ``top_p >= 1`` keeps everything)."""
     if isinstance(top_p, int | float):
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if top_p >= 1.0:
-            return logits
-    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]  # descending
+        return top_p < 1.0
+    return True
+
+
+def _nucleus_cutoff(sorted_logits: jax.Array, top_p: float | jax.Array) -> jax.Array:
+    """The smallest kept logit [..., 1] of descending ``sorted_logits`` [..., K]: the fewest
+    most likely entries whose mass reaches ``top_p`` (always the top one)."""
     probs = jax.nn.softmax(sorted_logits.astype(jnp.float32), axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs  # exclusive cumulative mass
-    keep = mass_before < top_p
-    keep = keep.at[..., 0].set(True)
-    cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    keep = (mass_before < top_p).at[..., 0].set(True)
+    return jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+
+
+def top_p_filter(logits: jax.Array, top_p: float | jax.Array) -> jax.Array:
+    """Nucleus filter: keeps the smallest set of most likely tokens whose probability mass
+    reaches ``top_p`` (always at least the top token). ``top_p >= 1`` keeps everything."""
+    if not _check_top_p(top_p):
+        return logits
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]  # descending
+    cutoff = _nucleus_cutoff(sorted_logits, top_p)
     return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
@@ -92,12 +103,23 @@ def sample_from_logits(
 ) -> jax.Array:
     """Draws token ids int32 [...] from logits [..., V] after temperature, top-k, top-p.
 
-    ``temperature == 0`` (a static number) means greedy argmax.
+    ``temperature == 0`` (a static number) means greedy argmax. With ``0 < top_k < V`` the
+    draw is fused over the ``top_k`` candidates of ``lax.top_k`` (already sorted, so top-p
+    needs no sort over V and no [..., V] mask is written): the same distribution as
+    ``top_p_filter(top_k_filter(...))`` except that ties at the k-th logit keep exactly k.
     """
     if isinstance(temperature, int | float) and temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = apply_temperature(logits.astype(jnp.float32), temperature)
-    logits = top_p_filter(top_k_filter(logits, top_k), top_p)
+    if not isinstance(top_k, int):
+        raise ValueError(f"top_k must be a static Python int, got {type(top_k).__name__}")
+    if 0 < top_k < logits.shape[-1]:
+        values, ids = jax.lax.top_k(logits, top_k)  # [..., k], descending
+        if _check_top_p(top_p):
+            values = jnp.where(values < _nucleus_cutoff(values, top_p), -jnp.inf, values)
+        pick = jax.random.categorical(rng, values, axis=-1)
+        return jnp.take_along_axis(ids, pick[..., None], axis=-1)[..., 0].astype(jnp.int32)
+    logits = top_p_filter(logits, top_p)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
