@@ -16,6 +16,9 @@ ratio original / jaxar: above 1 means jaxar is faster).
   top-p 0.96. The pixel decode is excluded on both sides: the original's
   ``VQVAE.fhat_to_img`` is replaced by a no-op (it then returns ``f_hat`` rescaled, one tiny
   elementwise op); jaxar's sampler is built without a decoder and returns ``f_hat``.
+  VAR's ``huggingface_hub`` import (only for its hub wrapper) is stubbed when absent.
+* ``--dtype bfloat16``: jaxar's compute dtype (and KV cache); the originals stay fp32. See
+  ``dtype_hook`` for jaxar's coming bf16-weights sampling option.
 
 Floors (a side's ``floor_fraction`` = floor time / measured time; 1 is the physical limit):
   memory floor of a step  = (weight bytes + KV-cache bytes read) / read bandwidth
@@ -25,6 +28,10 @@ Floors (a side's ``floor_fraction`` = floor time / measured time; 1 is the physi
   ``sample_var.scale_costs``). The ceilings are measured on this machine by ``common``
   (best matmul rate, best of the elementwise and the read-only bandwidth); with ``--device``
   they are the nominal ``--peak-tflops`` and ``--hbm-gbps`` (H200 defaults).
+
+CPU timings need idle cores: torch uses ``--torch-threads`` (default: all CPUs) OpenMP threads,
+which stall when another process holds a core (the JSON records the load average before and
+after; compare with ``--torch-threads 1`` on a shared machine).
 
 Sources are never vendored: ``LLAMAGEN_SRC`` / ``VAR_SRC`` point at checkouts of
 github.com/FoundationVision/LlamaGen and /VAR, imported at run time. A side whose variable is
