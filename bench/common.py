@@ -65,5 +65,13 @@ def memory_bandwidth(num_floats: int = 32 * 1024 * 1024, iters: int = 5) -> dict
     return {"bandwidth_bytes_per_s": moved / timing["best_s"], "bandwidth_bytes": moved}
 
 
+def read_bandwidth(num_floats: int = 64 * 1024 * 1024, iters: int = 5) -> dict[str, float]:
+    """Achieved bytes/s of reading ``num_floats`` float32 once (a sum: no output traffic),
+    the access pattern of streaming weights and the KV cache in a decode step."""
+    x = jnp.ones((num_floats,), jnp.float32)
+    timing = time_fn(jax.jit(jnp.sum), x, warmup=1, iters=iters)
+    return {"read_bandwidth_bytes_per_s": 4 * num_floats / timing["best_s"]}
+
+
 def print_json(record: dict[str, Any]) -> None:
     print(json.dumps(record, indent=2, default=str), flush=True)

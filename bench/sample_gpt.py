@@ -23,37 +23,43 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, matmul_ceiling, memory_bandwidth, print_json  # noqa: E402
+from common import (  # noqa: E402
+    machine_info,
+    matmul_ceiling,
+    memory_bandwidth,
+    print_json,
+    read_bandwidth,
+)
 
 from jaxar.generators.gpt import GPT, gpt_config  # noqa: E402
 from jaxar.sampling.autoregressive import make_sampler  # noqa: E402
 
 
-def read_bandwidth(num_floats: int = 64 * 1024 * 1024, iters: int = 5) -> dict[str, float]:
-    """Achieved bytes/s of reading ``num_floats`` float32 once (a sum: no output traffic),
-    the access pattern of streaming weights and the KV cache in a decode step."""
-    x = jnp.ones((num_floats,), jnp.float32)
-    total = jax.jit(jnp.sum)
-    jax.block_until_ready(total(x))
-    best = float("inf")
-    for _ in range(iters):
-        start = time.perf_counter()
-        jax.block_until_ready(total(x))
-        best = min(best, time.perf_counter() - start)
-    return {"read_bandwidth_bytes_per_s": 4 * num_floats / best}
-
-
-def step_costs(cfg, rows: int, tokens: int, param_count: int) -> dict[str, float]:
-    """Average bytes and FLOPs of one decode step for ``rows`` sequences."""
+def step_costs(
+    cfg, rows: int, tokens: int, param_count: int, param_bytes: int = 4
+) -> dict[str, float]:
+    """Average bytes and FLOPs of one decode step for ``rows`` sequences (the KV cache is
+    ``cfg.dtype``, the weights ``param_bytes`` per value)."""
     cache_len = cfg.cls_token_num + tokens
     kv_width = 2 * cfg.kv_heads * cfg.head_dim  # k and v per token per layer
-    cache_bytes = 4 * rows * cfg.num_layers * cache_len * kv_width  # the whole cache is read
+    cache_value_bytes = jnp.dtype(cfg.dtype).itemsize
+    cache_bytes = cache_value_bytes * rows * cfg.num_layers * cache_len * kv_width  # all read
     embed = cfg.vocab_size * cfg.dim + (cfg.num_classes + 1) * cfg.dim  # gathers, not matmuls
     attn_flops = 2 * 2 * rows * cfg.num_layers * cache_len * cfg.dim  # scores + mix (full cache)
     return {
-        "bytes_per_step": 4 * param_count + cache_bytes,
+        "bytes_per_step": param_bytes * param_count + cache_bytes,
         "flops_per_step": 2 * rows * (param_count - embed) + attn_flops,
     }
+
+
+def build(preset: str, **overrides):
+    """``(config, random params, parameter count)`` of a GPT preset with fields replaced."""
+    cfg = gpt_config(preset, **overrides)
+    codes, labels = jnp.zeros((1, cfg.block_size), jnp.int32), jnp.zeros((1,), jnp.int32)
+    params = jax.jit(lambda: GPT(cfg).init(jax.random.key(0), codes, labels)["params"])()
+    params = jax.tree.map(lambda b: b.value, params, is_leaf=lambda b: hasattr(b, "names"))
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    return cfg, params, count
 
 
 def bench_batch(cfg, params, batch: int, tokens: int, cfg_scale: float, top_k: int) -> dict:
@@ -92,11 +98,7 @@ def main() -> None:
     overrides = {"block_size": grid * grid}
     if args.layers:
         overrides["num_layers"] = args.layers
-    cfg = gpt_config(args.preset, **overrides)
-    codes, labels = jnp.zeros((1, cfg.block_size), jnp.int32), jnp.zeros((1,), jnp.int32)
-    params = jax.jit(lambda: GPT(cfg).init(jax.random.key(0), codes, labels)["params"])()
-    params = jax.tree.map(lambda b: b.value, params, is_leaf=lambda b: hasattr(b, "names"))
-    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    cfg, params, count = build(args.preset, **overrides)
     ceilings = {**matmul_ceiling(), **memory_bandwidth(), **read_bandwidth()}
     bandwidth = max(ceilings["bandwidth_bytes_per_s"], ceilings["read_bandwidth_bytes_per_s"])
     results = []

@@ -22,8 +22,9 @@ from jaxar.quantizers.multiscale import MultiScaleQuantizer
 from jaxar.sampling.scalewise import make_scalewise_sampler
 
 
-def build(preset: str):
-    cfg = var_config(preset)
+def build(preset: str, **overrides):
+    """``(config, quantizer, random params {"var", "quantizer"})`` of a VAR preset."""
+    cfg = var_config(preset, **overrides)
     quantizer = MultiScaleQuantizer(
         codebook_size=cfg.vocab_size, code_dim=cfg.code_dim, scales=cfg.patch_nums
     )
@@ -39,6 +40,28 @@ def build(preset: str):
 
     params = nn.unbox(init(jax.random.key(0)))
     return cfg, quantizer, params
+
+
+def scale_costs(cfg, rows: int, param_count: int, param_bytes: int = 4) -> list[tuple]:
+    """(bytes, FLOPs) of each scale's cached forward pass for ``rows`` sequences: every pass
+    reads all weights and the KV cache of the scales so far (``cfg.dtype``); the adaLN
+    linears act once per row, the other matmuls once per token; the quantizer's small
+    convolutions and resizes are left out."""
+    width, depth = cfg.embed_dim, cfg.depth
+    hidden = round(width * cfg.mlp_ratio)
+    per_token = depth * (4 * width * width + 2 * width * hidden) + width * cfg.vocab_size
+    per_row = (1 if cfg.shared_aln else depth) * 6 * width * width + 2 * width * width
+    cache_value_bytes = jnp.dtype(cfg.dtype).itemsize
+    costs, seen = [], 0
+    for k, s in enumerate(cfg.patch_nums):
+        new = s * s
+        seen += new
+        token_params = per_token + (cfg.code_dim * width if k else 0)  # word_embed from scale 1
+        attn = 2 * 2 * rows * depth * new * seen * width  # scores + mix over the cache so far
+        cache = cache_value_bytes * rows * depth * 2 * width * seen
+        flops = 2 * rows * (new * token_params + per_row) + attn
+        costs.append((param_bytes * param_count + cache, flops))
+    return costs
 
 
 def bench(preset, cfg, quantizer, params, batch: int, cfg_scale: float, repeats: int) -> dict:
