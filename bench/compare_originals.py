@@ -18,7 +18,8 @@ ratio original / jaxar: above 1 means jaxar is faster).
   elementwise op); jaxar's sampler is built without a decoder and returns ``f_hat``.
   VAR's ``huggingface_hub`` import (only for its hub wrapper) is stubbed when absent.
 * ``--dtype bfloat16``: jaxar's compute dtype (and KV cache); the originals stay fp32. See
-  ``dtype_hook`` for jaxar's coming bf16-weights sampling option.
+  ``--dtype bfloat16`` samples jaxar's side with ``precision="bfloat16"`` (bf16 weights,
+  activations and KV cache; the floors count 2 bytes per weight).
 
 Floors (a side's ``floor_fraction`` = floor time / measured time; 1 is the physical limit):
   memory floor of a step  = (weight bytes + KV-cache bytes read) / read bandwidth
@@ -77,8 +78,9 @@ from common import (  # noqa: E402
     read_bandwidth,
 )
 
-from jaxar.sampling.autoregressive import GPTSamplingOptions, make_sampler  # noqa: E402
-from jaxar.sampling.scalewise import ScalewiseOptions, make_scalewise_sampler  # noqa: E402
+from jaxar.sampling.autoregressive import make_sampler  # noqa: E402
+from jaxar.sampling.base import at_precision, cast_params  # noqa: E402
+from jaxar.sampling.scalewise import make_scalewise_sampler  # noqa: E402
 
 # repository, env variable of the checkout, of its commit, and the files the bench imports from it
 SOURCES = {
@@ -251,27 +253,20 @@ def summary(times: list[float], batch: int, steps, ceilings) -> dict[str, Any]:
     }
 
 
-def dtype_hook(dtype: str, options_cls) -> tuple[dict[str, str], int]:
-    """HOOK for jaxar's bf16 sampling option (being added to jaxar.sampling): jaxar's configs
-    already take a compute ``dtype`` (the KV cache follows it, params stay float32); if the
-    sampler's options gain ``param_dtype`` / ``cache_dtype`` fields, they are passed the same
-    dtype here. -> (extra sampler options, bytes per weight for the memory floor)."""
-    fields = {f.name for f in dataclasses.fields(options_cls)}
-    extra = {n: dtype for n in ("param_dtype", "cache_dtype") if n in fields}
-    if dtype == "float32":
-        extra = {}
-    return extra, (2 if "param_dtype" in extra else 4)
+def weight_bytes(dtype: str) -> int:
+    """Bytes per weight streamed by jaxar's sampler at ``--dtype`` (its ``precision``)."""
+    return 2 if dtype == "bfloat16" else 4
 
 
 # ----------------------------------------------------------------------------- GPT
 
 
 def gpt_case(args, batch: int, ceilings, src, torch_dev) -> dict[str, Any]:
-    cfg, params, count = sample_gpt.build(args.gpt_preset, dtype=args.dtype)
+    cfg, params, count = sample_gpt.build(args.gpt_preset)
     tokens, rows = cfg.block_size, (2 * batch if args.cfg_scale != 1.0 else batch)
     kernel = params["output"]["kernel"]
     params["output"]["kernel"] = cfg.init_std * jax.random.normal(jax.random.key(1), kernel.shape)
-    extra, param_bytes = dtype_hook(args.dtype, GPTSamplingOptions)
+    extra, param_bytes = {"precision": args.dtype}, weight_bytes(args.dtype)
     sampler = make_sampler(
         cfg, cfg_scale=args.cfg_scale, top_k=args.top_k, top_p=args.top_p,
         temperature=args.temperature, num_tokens=tokens, **extra,
@@ -279,7 +274,7 @@ def gpt_case(args, batch: int, ceilings, src, torch_dev) -> dict[str, Any]:
     labels, rng = jnp.arange(batch, dtype=jnp.int32) % cfg.num_classes, jax.random.key(0)
     start = time.perf_counter()
     compiled = sampler.jitted.lower(params, labels, rng).compile()
-    cost = sample_gpt.step_costs(cfg, rows, tokens, count, param_bytes)
+    cost = sample_gpt.step_costs(at_precision(cfg, args.dtype), rows, tokens, count, param_bytes)
     jaxar = {
         "params": count, "dtype": args.dtype, **extra, "compile_s": time.perf_counter() - start,
         "run": lambda: jax.block_until_ready(compiled(params, labels, rng)),
@@ -338,12 +333,15 @@ def llamagen_side(args, cfg, batch: int, count: int, src: str, device: str) -> d
 
 
 def var_case(args, batch: int, ceilings, src, torch_dev) -> dict[str, Any]:
-    cfg, quantizer, params = sample_var.build(args.var_preset, dtype=args.dtype)
+    cfg, quantizer, params = sample_var.build(args.var_preset)
     count = sum(x.size for x in jax.tree.leaves(params["var"]))
     top_k, rows = min(900, cfg.vocab_size), 2 * batch
-    extra, param_bytes = dtype_hook(args.dtype, ScalewiseOptions)
+    # the scale-wise maker has no precision option: do what the family-level sampler does
+    cfg = at_precision(cfg, args.dtype)
+    params = {**params, "var": cast_params(params["var"], args.dtype)}
+    extra, param_bytes = {"precision": args.dtype}, weight_bytes(args.dtype)
     sampler = make_scalewise_sampler(
-        cfg, quantizer, cfg_scale=1.0 + args.var_cfg, top_k=top_k, top_p=0.96, **extra
+        cfg, quantizer, cfg_scale=1.0 + args.var_cfg, top_k=top_k, top_p=0.96
     )  # linear CFG ramp (jaxar's default for VAR, as the original); no pixel decoder
     labels, rng = jnp.arange(batch, dtype=jnp.int32) % cfg.num_classes, jax.random.key(0)
     start = time.perf_counter()
