@@ -15,6 +15,8 @@ Mapping (torch Linear weights are [out, in], flax kernels [in, out]):
   layers.N.feed_forward.w{1,2,3}.weight  -> layers_N/feed_forward/w{1,2,3}/kernel
   layers.N.{attention,ffn}_norm.weight   -> layers_N/{attention,ffn}_norm/scale
   norm.weight, output.weight             -> norm/scale, output/kernel
+With ``scan_layers`` the ``layers_N`` subtrees are stacked into one ``layers`` subtree
+[num_layers, ...] (``jaxar.layers.scan.stack_layer_params``).
 Buffers (``freqs_cis``, ``causal_mask``, KV caches) are skipped.
 
 Read from the weights: vocabulary, width, depth, classes, GQA, SwiGLU width (and the caption
@@ -48,6 +50,7 @@ from jaxar.convert.llamagen_vq import write_vq_workdir
 from jaxar.convert.torch_io import read_weights
 from jaxar.convert.workdir import generator_config, write_workdir
 from jaxar.generators.gpt import GPT, GPT_CONFIGS, GPTConfig
+from jaxar.layers.scan import stack_layer_params
 
 _BUFFERS = ("freqs_cis", "causal_mask", "kv_cache")
 
@@ -186,6 +189,8 @@ def convert_gpt_state_dict(state: dict[str, np.ndarray], cfg: GPTConfig) -> dict
     }
     for i in range(cfg.num_layers):
         params[f"layers_{i}"] = _layer_params(tracked, i, cfg)
+    if cfg.scan_layers:
+        params = stack_layer_params(params, "layers", cfg.num_layers)
     unused = sorted(set(state) - used)
     if unused:
         raise ValueError(f"checkpoint has weights the GPT config does not use: {unused[:8]}")

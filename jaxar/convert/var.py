@@ -13,6 +13,8 @@ Name mapping (torch -> jaxar):
   [C, H, Dh]; ``attn.q_bias`` / ``v_bias`` [C] -> [H, Dh]; ``attn.proj`` -> ``attn/proj/kernel``
   [H, Dh, C]; ``attn.scale_mul_1H11`` -> ``attn/scale_mul`` [H]; ``ada_gss`` -> [6, C].
 - Buffers (``lvl_1L``, ``attn_bias_for_masking``, ``attn.zero_k_bias``) are dropped.
+- With ``scan_layers`` the ``blocks_N`` subtrees are stacked into one ``blocks`` subtree
+  [depth, ...] (``jaxar.layers.scan.stack_layer_params``).
 - VQVAE quantizer: ``quantize.embedding.weight`` -> ``codebook``;
   ``quantize.quant_resi.qresi_ls.N`` (3x3 conv, OIHW) -> ``phi_N`` (HWIO);
   ``quantize.ema_vocab_hit_SV`` is dropped. The result is a ``MultiScaleQuantizer``'s params.
@@ -49,6 +51,7 @@ from jaxar.convert.llamagen_vq import read_state_dict
 from jaxar.convert.torch_io import read_weights
 from jaxar.convert.workdir import generator_config, write_workdir
 from jaxar.generators.var import VAR, VAR_CONFIGS, VARConfig, scale_schedule
+from jaxar.layers.scan import stack_layer_params
 from jaxar.quantizers.multiscale import MultiScaleQuantizer
 
 _VAR_BUFFERS = ("lvl_1L", "attn_bias_for_masking")
@@ -131,6 +134,9 @@ def convert_var_state_dict(state: dict[str, np.ndarray], cfg: VARConfig) -> dict
     except KeyError as err:
         raise ValueError(f"VAR state dict lacks {err} (check shared_aln / attn_l2_norm)") from err
     _check_unused(state)
+    if cfg.scan_layers:  # blocks_i -> one stacked blocks subtree
+        nested = stack_layer_params(traverse_util.unflatten_dict(flat), "blocks", cfg.depth)
+        flat = traverse_util.flatten_dict(nested)
     return _checked(flat, _expected_var(cfg), "VAR")
 
 

@@ -16,11 +16,12 @@ import jax.numpy as jnp
 import optax
 
 from jaxar.checks import check_int_input
-from jaxar.layers.attention import KVCache, cache_slots, init_kv_caches
+from jaxar.layers.caches import StackCache, cache_slots, init_stack_cache
 from jaxar.layers.conditioning import condition_drop_mask
 from jaxar.layers.mlp import dense_init, ffn_hidden_dim
 from jaxar.layers.norms import RMSNorm
 from jaxar.layers.rope import PREFIX_MODES, gather_rope, rope_table_2d
+from jaxar.layers.scan import ScannedBlocks, check_stack_options
 from jaxar.layers.transformer import TransformerBlock, block_stack, run_blocks
 from jaxar.presets import from_preset
 from jaxar.task import Task
@@ -77,8 +78,11 @@ class GPTConfig(LlamaShapes):
     attn_dropout: float = 0.0  # attn_dropout_p
     drop_path: float = 0.0  # drop_path_rate (linearly increasing over layers)
     dtype: str = "float32"  # compute dtype; params stay float32
+    scan_layers: bool = False  # one nn.scan over the blocks (params [L, ...])
+    remat_policy: str = "none"  # "none" | "full" | "dots" | "dots_no_batch"
 
     def __post_init__(self):
+        check_stack_options("GPTConfig", self.scan_layers, self.remat_policy)
         for name in ("vocab_size", "num_layers", "dim", "num_heads", "num_classes", "block_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"GPTConfig.{name} must be positive, got {getattr(self, name)}")
@@ -156,13 +160,16 @@ def caption_attention_mask(
     return (causal & key_ok[:, None, :]) | (keys == queries[:, :, None])
 
 
-def llamagen_layers(cfg: Any) -> list[TransformerBlock]:
+def llamagen_layers(cfg: Any) -> list[TransformerBlock] | ScannedBlocks:
     """LlamaGen's ``num_layers`` blocks (drop path rising linearly to ``drop_path``) for a
     ``GPTConfig`` or a config with the same transformer fields (``RandARConfig``). Assign the
-    list to ``self.layers`` in ``setup`` so the blocks are named ``layers_<i>``."""
+    result to ``self.layers`` in ``setup`` so the blocks are named ``layers_<i>`` (with
+    ``scan_layers``: one stack ``layers`` with params [num_layers, ...])."""
     return block_stack(
         cfg.num_layers,
         cfg.drop_path,
+        scan=cfg.scan_layers,
+        remat_policy=cfg.remat_policy,
         num_heads=cfg.num_heads,
         ffn_hidden_dim=cfg.hidden_dim,
         num_kv_heads=cfg.kv_heads,
@@ -276,10 +283,10 @@ class GPT(nn.Module):
         self,
         h: jax.Array,
         positions: jax.Array,
-        cache: list[KVCache] | None,
+        cache: StackCache | None,
         train: bool,
         caption_mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, list[KVCache] | None]:
+    ) -> tuple[jax.Array, StackCache | None]:
         """Transformer body: h [B, T, D] at sequence positions [T] | [B, T] -> logits [B, T, V].
         ``caption_mask`` [B, Lc] (t2i): padded caption tokens are hidden from every query."""
         h = nn.with_logical_constraint(
@@ -326,11 +333,11 @@ class GPT(nn.Module):
     def prefill(
         self,
         cond: jax.Array,
-        cache: list[KVCache],
+        cache: StackCache,
         *,
         force_drop: jax.Array | None = None,
         caption_mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, list[KVCache]]:
+    ) -> tuple[jax.Array, StackCache]:
         """Runs the prefix into an empty cache. Returns logits for codes[0] [B, V] and cache.
         ``caption_mask`` (t2i): [B, Lc], 0 at padded caption tokens."""
         prefix = self.embed_condition(cond, force_drop=force_drop)
@@ -342,9 +349,9 @@ class GPT(nn.Module):
         self,
         tokens: jax.Array,
         positions: jax.Array,
-        cache: list[KVCache],
+        cache: StackCache,
         caption_mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, list[KVCache]]:
+    ) -> tuple[jax.Array, StackCache]:
         """Feeds image tokens [B, S] at sequence positions [S] | [B, S] (code t sits at
         ``cls_token_num + t``) after the cached ones. Returns logits [B, S, V] and cache.
         ``caption_mask`` (t2i): the prefill's [B, Lc] mask, hiding padded caption tokens."""
@@ -354,11 +361,14 @@ class GPT(nn.Module):
 
 def init_gpt_cache(
     cfg: GPTConfig, batch: int, max_len: int | None = None, dtype: Any = None
-) -> list[KVCache]:
-    """Empty per-layer KV caches for ``batch`` rows (``max_len`` defaults to cfg.cache_len)."""
+) -> StackCache:
+    """Empty KV caches for ``batch`` rows (``max_len`` defaults to cfg.cache_len): per layer,
+    or stacked with ``scan_layers`` (``jaxar.layers.caches``)."""
     dtype = jnp.dtype(cfg.dtype) if dtype is None else dtype
     max_len = cfg.cache_len if max_len is None else max_len
-    return init_kv_caches(cfg.num_layers, batch, max_len, cfg.kv_heads, cfg.head_dim, dtype)
+    return init_stack_cache(
+        cfg.num_layers, batch, max_len, cfg.kv_heads, cfg.head_dim, dtype, cfg.scan_layers
+    )
 
 
 def gpt_loss(

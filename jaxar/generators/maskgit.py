@@ -26,6 +26,7 @@ from jaxar.generators.mask_schedule import check_mask_schedule, num_masked_for_t
 from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.mlp import dense_init
 from jaxar.layers.norms import RMSNorm
+from jaxar.layers.scan import check_stack_options
 from jaxar.layers.transformer import block_stack, run_blocks
 from jaxar.presets import from_preset
 from jaxar.task import Task
@@ -49,8 +50,11 @@ class MaskGITConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     dtype: str = "float32"
+    scan_layers: bool = False  # one nn.scan over the blocks (params [L, ...])
+    remat_policy: str = "none"  # "none" | "full" | "dots" | "dots_no_batch"
 
     def __post_init__(self):
+        check_stack_options("MaskGITConfig", self.scan_layers, self.remat_policy)
         for name in ("vocab_size", "block_size", "num_layers", "dim", "num_heads", "ffn_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(
@@ -127,6 +131,8 @@ class MaskGIT(nn.Module):
         )
         self.layers = block_stack(
             cfg.num_layers,
+            scan=cfg.scan_layers,
+            remat_policy=cfg.remat_policy,
             num_heads=cfg.num_heads,
             ffn_hidden_dim=cfg.ffn_dim,
             causal=False,

@@ -26,11 +26,12 @@ import optax
 
 from jaxar.checks import check_int_input
 from jaxar.generators.gpt import LlamaShapes, llamagen_layers
-from jaxar.layers.attention import KVCache, init_kv_caches
+from jaxar.layers.caches import StackCache, init_stack_cache
 from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.mlp import dense_init, ffn_hidden_dim
 from jaxar.layers.norms import RMSNorm
 from jaxar.layers.rope import apply_rope, gather_rope, rope_table_2d
+from jaxar.layers.scan import check_stack_options
 from jaxar.layers.transformer import run_blocks
 from jaxar.presets import from_preset
 from jaxar.task import Task
@@ -63,8 +64,11 @@ class RandARConfig(LlamaShapes):
     position_order: str = "random"  # training order
     num_inference_steps: int = 88  # parallel decoding steps (block_size: one token a step)
     dtype: str = "float32"
+    scan_layers: bool = False  # one nn.scan over the blocks (params [L, ...])
+    remat_policy: str = "none"  # "none" | "full" | "dots" | "dots_no_batch"
 
     def __post_init__(self):
+        check_stack_options("RandARConfig", self.scan_layers, self.remat_policy)
         for name in ("vocab_size", "num_layers", "dim", "num_heads", "num_classes", "block_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"RandARConfig.{name} must be positive, got {getattr(self, name)}")
@@ -191,10 +195,10 @@ class RandAR(nn.Module):
         self,
         h: jax.Array,
         rope_rows: jax.Array,
-        cache: list[KVCache] | None = None,
+        cache: StackCache | None = None,
         *,
         train: bool = False,
-    ) -> tuple[jax.Array, list[KVCache] | None]:
+    ) -> tuple[jax.Array, StackCache | None]:
         """Causal body: h [B, T, D] with RoPE table rows [B, T] (0 = class token, 1 + grid
         position otherwise), optional per-layer caches -> (logits float32 [B, T, V], caches)."""
         h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
@@ -231,11 +235,12 @@ class RandAR(nn.Module):
         return logits[:, 1::2]  # at the position instruction tokens
 
 
-def init_randar_cache(cfg: RandARConfig, batch: int, max_len: int) -> list[KVCache]:
-    """Empty per-layer KV caches of ``max_len`` slots."""
-    return init_kv_caches(
-        cfg.num_layers, batch, max_len, cfg.kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype)
-    )
+def init_randar_cache(cfg: RandARConfig, batch: int, max_len: int) -> StackCache:
+    """Empty KV caches of ``max_len`` slots (per layer, or stacked with ``scan_layers``)."""
+    return init_stack_cache(
+        cfg.num_layers, batch, max_len, cfg.kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype),
+        cfg.scan_layers,
+    )  # fmt: skip
 
 
 def random_orders(rng: jax.Array, batch: int, length: int) -> jax.Array:

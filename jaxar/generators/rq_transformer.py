@@ -27,10 +27,11 @@ import jax.numpy as jnp
 import optax
 
 from jaxar.checks import check_int_input
-from jaxar.layers.attention import KVCache, init_kv_caches
+from jaxar.layers.caches import StackCache, init_stack_cache
 from jaxar.layers.conditioning import drop_labels
 from jaxar.layers.mlp import dense_init, ffn_hidden_dim
 from jaxar.layers.norms import RMSNorm
+from jaxar.layers.scan import check_stack_options
 from jaxar.layers.transformer import block_stack, run_blocks
 from jaxar.presets import from_preset
 from jaxar.task import Task
@@ -58,8 +59,11 @@ class RQTransformerConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     dtype: str = "float32"
+    scan_layers: bool = False  # one nn.scan over the blocks (params [L, ...])
+    remat_policy: str = "none"  # "none" | "full" | "dots" | "dots_no_batch"
 
     def __post_init__(self):
+        check_stack_options("RQTransformerConfig", self.scan_layers, self.remat_policy)
         names = ("vocab_size", "code_depth", "block_size", "dim", "num_heads", "spatial_layers",
                  "depth_layers", "num_classes")  # fmt: skip
         for name in names:
@@ -153,8 +157,9 @@ class RQTransformer(nn.Module):
             attn_dropout_rate=cfg.attn_dropout, resid_dropout_rate=cfg.resid_dropout,
             ffn_dropout_rate=cfg.resid_dropout, init_std=cfg.init_std, dtype=dtype,
         )  # fmt: skip
-        self.spatial_layers = block_stack(cfg.spatial_layers, **block)
-        self.depth_layers = block_stack(cfg.depth_layers, **block)
+        stack = dict(scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
+        self.spatial_layers = block_stack(cfg.spatial_layers, **stack, **block)
+        self.depth_layers = block_stack(cfg.depth_layers, **stack, **block)
         self.spatial_norm = RMSNorm(cfg.norm_eps)
         self.head_norm = RMSNorm(cfg.norm_eps)
         self.head = nn.Dense(
@@ -190,8 +195,8 @@ class RQTransformer(nn.Module):
         return h + jnp.take(self.pos_emb_hw, positions, axis=0).astype(h.dtype)
 
     def run_spatial(
-        self, h: jax.Array, cache: list[KVCache] | None = None, *, train: bool = False
-    ) -> tuple[jax.Array, list[KVCache] | None]:
+        self, h: jax.Array, cache: StackCache | None = None, *, train: bool = False
+    ) -> tuple[jax.Array, StackCache | None]:
         """Causal spatial stack: [B, T, E] -> spatial contexts [B, T, E] (normed), caches."""
         h = nn.with_logical_constraint(
             self.dropout(h, deterministic=not train), ("batch", "length", "embed")
@@ -210,10 +215,10 @@ class RQTransformer(nn.Module):
         self,
         h: jax.Array,
         depths: jax.Array,
-        cache: list[KVCache] | None = None,
+        cache: StackCache | None = None,
         *,
         train: bool = False,
-    ) -> tuple[jax.Array, list[KVCache] | None]:
+    ) -> tuple[jax.Array, StackCache | None]:
         """Causal depth stack: inputs [N, T, E] at depths [T] -> logits float32 [N, T, V]."""
         h = h + jnp.take(self.pos_emb_d, depths, axis=0).astype(h.dtype)
         h, new_cache = run_blocks(self.depth_layers, h, cache, train=train)
@@ -243,15 +248,15 @@ class RQTransformer(nn.Module):
         return logits.reshape(b, length, depth, -1)
 
 
-def init_rq_caches(cfg: RQTransformerConfig, batch: int) -> tuple[list[KVCache], list[KVCache]]:
-    """Empty (spatial, depth) KV caches for ``batch`` rows."""
-    dtype = jnp.dtype(cfg.dtype)
-    spatial = init_kv_caches(
-        cfg.spatial_layers, batch, cfg.block_size, cfg.num_heads, cfg.head_dim, dtype
+def init_rq_caches(cfg: RQTransformerConfig, batch: int) -> tuple[StackCache, StackCache]:
+    """Empty (spatial, depth) KV caches for ``batch`` rows (per layer, or stacked with
+    ``scan_layers``)."""
+    dtype, heads, dim = jnp.dtype(cfg.dtype), cfg.num_heads, cfg.head_dim
+    stacked = cfg.scan_layers
+    spatial = init_stack_cache(
+        cfg.spatial_layers, batch, cfg.block_size, heads, dim, dtype, stacked
     )
-    depth = init_kv_caches(
-        cfg.depth_layers, batch, cfg.code_depth, cfg.num_heads, cfg.head_dim, dtype
-    )
+    depth = init_stack_cache(cfg.depth_layers, batch, cfg.code_depth, heads, dim, dtype, stacked)
     return spatial, depth
 
 

@@ -32,8 +32,9 @@ import optax
 
 from jaxar.checks import check_int_input
 from jaxar.layers.adaln import AdaLNBeforeHead, AdaLNSelfAttn, chunk_scaled_init, trunc_normal
-from jaxar.layers.attention import KVCache, init_kv_caches
+from jaxar.layers.caches import StackCache, init_stack_cache
 from jaxar.layers.conditioning import drop_labels
+from jaxar.layers.scan import check_stack_options
 from jaxar.layers.transformer import block_stack, run_blocks
 from jaxar.presets import from_preset
 from jaxar.quantizers.multiscale import MultiScaleQuantizer
@@ -64,8 +65,11 @@ class VARConfig:
     init_adaln: float = 0.5
     init_adaln_gamma: float = 1e-5
     dtype: str = "float32"  # compute dtype; params stay float32
+    scan_layers: bool = False  # one nn.scan over the blocks (params [L, ...])
+    remat_policy: str = "none"  # "none" | "full" | "dots" | "dots_no_batch"
 
     def __post_init__(self):
+        check_stack_options("VARConfig", self.scan_layers, self.remat_policy)
         for name in ("vocab_size", "code_dim", "depth", "embed_dim", "num_heads", "num_classes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"VARConfig.{name} must be positive, got {getattr(self, name)}")
@@ -215,7 +219,8 @@ class VAR(nn.Module):
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
             )
         self.blocks = block_stack(
-            cfg.depth, cfg.drop_path, block_cls=AdaLNSelfAttn, num_heads=cfg.num_heads,
+            cfg.depth, cfg.drop_path, block_cls=AdaLNSelfAttn, scan=cfg.scan_layers,
+            remat_policy=cfg.remat_policy, num_heads=cfg.num_heads,
             mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.norm_eps, shared_aln=cfg.shared_aln,
             attn_l2_norm=cfg.attn_l2_norm, drop_rate=cfg.drop_rate,
             attn_drop_rate=cfg.attn_drop_rate, init_std=std,
@@ -298,8 +303,8 @@ class VAR(nn.Module):
         cond: jax.Array,
         scale_index: int,
         inputs: jax.Array | None,
-        cache: list[KVCache],
-    ) -> tuple[jax.Array, list[KVCache]]:
+        cache: StackCache,
+    ) -> tuple[jax.Array, StackCache]:
         """One cached decode step: all s_k^2 tokens of scale ``scale_index`` (static) at once,
         attending to the cached earlier scales. cond: class embedding [B, D]; inputs: None for
         scale 0, else [B, s_k^2, code_dim]. Returns logits [B, s_k^2, V] and the caches."""
@@ -308,10 +313,13 @@ class VAR(nn.Module):
         return self._run(x, cond, None, cache, end, False)
 
 
-def init_var_cache(cfg: VARConfig, batch: int, dtype: Any = None) -> list[KVCache]:
-    """Empty per-block KV caches holding all L tokens of ``batch`` rows."""
+def init_var_cache(cfg: VARConfig, batch: int, dtype: Any = None) -> StackCache:
+    """Empty KV caches holding all L tokens of ``batch`` rows (per block, or stacked with
+    ``scan_layers``)."""
     dtype = jnp.dtype(cfg.dtype) if dtype is None else dtype
-    return init_kv_caches(cfg.depth, batch, cfg.seq_len, cfg.num_heads, cfg.head_dim, dtype)
+    return init_stack_cache(
+        cfg.depth, batch, cfg.seq_len, cfg.num_heads, cfg.head_dim, dtype, cfg.scan_layers
+    )
 
 
 def var_loss(

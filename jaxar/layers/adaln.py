@@ -16,6 +16,7 @@ other adaLN outputs times ``init_adaln``).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 
 from jaxar.layers.attention import KVCache, attend, project_heads, slot_mask, update_kv_cache
 from jaxar.layers.norms import layer_norm_no_affine, modulate
+from jaxar.layers.scan import StackableBlock
 from jaxar.layers.transformer import DropPath
 
 
@@ -172,11 +174,12 @@ class GeluMLP(nn.Module):
         return nn.Dropout(self.dropout_rate)(out, deterministic=not train)
 
 
-class AdaLNSelfAttn(nn.Module):
+class AdaLNSelfAttn(StackableBlock):
     """One VAR block. Call: ``(x [B, T, D], cond, mask, cache, kv_len, train) -> (x, cache)``.
 
     ``cond`` is the class embedding [B, Dc], or with ``shared_aln`` the shared projection
-    [B, 6, D] (gamma1, gamma2, scale1, scale2, shift1, shift2).
+    [B, 6, D] (gamma1, gamma2, scale1, scale2, shift1, shift2). ``drop_path_rate`` (a scanned
+    stack's per-layer rate) overrides the attribute.
     """
 
     num_heads: int
@@ -223,10 +226,11 @@ class AdaLNSelfAttn(nn.Module):
         cache: KVCache | None = None,
         kv_len: int | None = None,
         train: bool = False,
+        drop_path_rate: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         dim = x.shape[-1]
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self._modulation(cond, dim)
-        drop_path = DropPath(self.drop_path_rate)
+        drop_path = functools.partial(DropPath(self.drop_path_rate), rate=drop_path_rate)
         norm = lambda h: layer_norm_no_affine(h, self.norm_eps)
         attn_out, cache = VARSelfAttention(
             self.num_heads,

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxar.generators.gpt import GPT, GPTConfig
-from jaxar.layers.attention import KVCache
+from jaxar.layers.caches import StackCache, set_cache_index
 from jaxar.layers.rope import gather_rope
 from jaxar.sampling.autoregressive import GPTSamplingOptions
 from jaxar.sampling.logits import (
@@ -68,14 +68,14 @@ def categorical(rng: jax.Array, probs: jax.Array) -> jax.Array:
     return jax.random.categorical(rng, jnp.log(probs), axis=-1).astype(jnp.int32)
 
 
-def rewind_cache(cache: list[KVCache], index: jax.Array) -> list[KVCache]:
+def rewind_cache(cache: StackCache, index: jax.Array) -> StackCache:
     """Sets every layer's next write slot to ``index`` (entries after it become stale)."""
-    return [{**layer, "index": jnp.asarray(index, jnp.int32)} for layer in cache]
+    return set_cache_index(cache, index)
 
 
 def masked_decode_step(
-    module: GPT, tokens: jax.Array, positions: jax.Array, cache: list[KVCache], mask: jax.Array
-) -> tuple[jax.Array, list[KVCache]]:
+    module: GPT, tokens: jax.Array, positions: jax.Array, cache: StackCache, mask: jax.Array
+) -> tuple[jax.Array, StackCache]:
     """``GPT.decode_step`` with an explicit attention mask; use as ``method=`` of ``apply``.
 
     tokens int [B, T] at sequence positions [T]; mask bool [T, S] (S = cache length; True =
@@ -118,7 +118,7 @@ class GuidedModel:
         cond, uncond = jnp.split(logits, 2, axis=0)
         return cfg_combine(cond, uncond, scale[..., None])
 
-    def prefill(self, cond: jax.Array, cache: list[KVCache]) -> tuple[jax.Array, list[KVCache]]:
+    def prefill(self, cond: jax.Array, cache: StackCache) -> tuple[jax.Array, StackCache]:
         """cond: labels [B] (captions [B, Lc, C]). Returns guided logits for code 0 [B, V]."""
         batch = jnp.shape(cond)[0]
         rows = jnp.concatenate([cond] * self.rows, axis=0)
@@ -132,10 +132,10 @@ class GuidedModel:
         self,
         tokens: jax.Array,
         positions: jax.Array,
-        cache: list[KVCache],
+        cache: StackCache,
         code_index: jax.Array,
         mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, list[KVCache]]:
+    ) -> tuple[jax.Array, StackCache]:
         """Feeds tokens [B, T] at positions [T]; returns guided logits [B, T, V] for the codes
         ``code_index`` [T] they predict, and the cache (``mask`` [T, S] optional)."""
         rows = jnp.concatenate([tokens] * self.rows, axis=0)

@@ -37,6 +37,7 @@ from jaxar.generators.randar import (
     init_randar_cache,
     random_orders,
 )
+from jaxar.layers.caches import set_cache_index
 from jaxar.sampling.base import SamplingOptions, jitted_sampler
 from jaxar.sampling.logits import (
     cfg_combine,
@@ -199,7 +200,7 @@ def generate(
         pos = jnp.take(instructions, index, axis=1)
         h = jnp.where((kinds == KIND_TOKEN)[None, :, None], tok, pos)
         h = jnp.where((kinds == KIND_PAD)[None, :, None], 0.0, h)
-        cache = [dict(c, index=cache_index) for c in cache]
+        cache = set_cache_index(cache, cache_index)
         out, cache = _apply(
             model, params, RandAR.run, h, jnp.take(row_order, index, axis=1) + 1, cache
         )

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 
 from jaxar.checks import labels_checker
 from jaxar.generators.rq_transformer import RQTransformer, RQTransformerConfig, init_rq_caches
-from jaxar.layers.attention import init_kv_cache
 from jaxar.sampling.base import SamplingOptions, jitted_sampler
 from jaxar.sampling.logits import (
     cfg_combine,
@@ -46,10 +45,7 @@ def _depth_decode(model, params, context, rng, position, batch, opts):
     Returns codes int32 [B, D] and guided logits [B, D, V] (or None)."""
     cfg = model.config
     rows = context.shape[0]
-    cache = [
-        init_kv_cache(rows, cfg.code_depth, cfg.num_heads, cfg.head_dim, jnp.dtype(cfg.dtype))
-        for _ in range(cfg.depth_layers)
-    ]
+    _, cache = init_rq_caches(cfg, rows)
     scale = cfg_scale_schedule(position, cfg.block_size, opts.cfg_scale, opts.cfg_schedule)
     key = jax.random.fold_in(rng, position)
 

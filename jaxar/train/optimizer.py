@@ -17,6 +17,9 @@ import optax
 
 # Parameter names that never get weight decay (biases and normalisation scales).
 NO_DECAY_NAMES = ("bias", "scale")
+# Module names of scanned transformer stacks (``scan_layers``, ``jaxar.layers.scan``): their
+# leaves carry a leading [num_layers] axis that does not count towards the ">= 2-D" rule.
+SCANNED_STACK_NAMES = ("layers", "blocks", "spatial_layers", "depth_layers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,14 +94,15 @@ def _path_name(entry: Any) -> str:
 
 
 def weight_decay_mask(params: Any) -> Any:
-    """True for leaves that get weight decay: >= 2-D and not named bias/scale."""
+    """True for leaves that get weight decay: >= 2-D per layer and not named bias/scale."""
 
     def decays(path, leaf) -> bool:
         names = [_path_name(entry) for entry in path]
         if names and names[-1] == "value":  # leaf inside an nn.Partitioned box
             names = names[:-1]
         name = names[-1] if names else ""
-        return jnp.ndim(leaf) >= 2 and name not in NO_DECAY_NAMES
+        stacked = any(n in SCANNED_STACK_NAMES for n in names[:-1])
+        return jnp.ndim(leaf) - int(stacked) >= 2 and name not in NO_DECAY_NAMES
 
     return jax.tree_util.tree_map_with_path(decays, params)
 
