@@ -34,6 +34,7 @@ LOGICAL_AXES = (
     "codebook",  # quantizer codebook entries
     "conv_in",  # conv input channels
     "conv_out",  # conv output channels
+    "layers",  # the stacked layer axis of a scanned transformer stack (scan_layers)
 )
 
 # Logical axis -> mesh axes. Batch is split over data and fsdp; weights are split over fsdp
@@ -49,6 +50,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("codebook", None),
     ("conv_in", None),
     ("conv_out", "fsdp"),
+    ("layers", None),
 )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from jaxar.generators.gpt import GPT, GPTConfig
 from jaxar.layers.caches import StackCache, set_cache_index
 from jaxar.layers.rope import gather_rope
+from jaxar.layers.transformer import run_blocks
 from jaxar.sampling.autoregressive import GPTSamplingOptions
 from jaxar.sampling.logits import (
     apply_temperature,
@@ -83,10 +84,7 @@ def masked_decode_step(
     """
     h = module.tok_embeddings(tokens)
     rope = gather_rope(module.rope_table(), positions)
-    new_cache = []
-    for layer, layer_cache in zip(module.layers, cache, strict=True):
-        h, layer_cache = layer(h, rope=rope, mask=mask, cache=layer_cache, train=False)
-        new_cache.append(layer_cache)
+    h, new_cache = run_blocks(module.layers, h, cache, rope=rope, mask=mask, train=False)
     return module.output(module.norm(h)).astype(jnp.float32), new_cache
 
 
