@@ -10,7 +10,8 @@ Cases (abstract params: shapes only, nothing is initialised or run):
 Each (case, layout) is timed in a fresh process (no warm jax caches) and prints one JSON record
 with trace/lower and XLA compile seconds and the load average before and after.
 
-Run: ``python bench/compile_times.py [var_d16_sampler|gpt_b_train_step|all] [--remat full]``.
+Run: ``python bench/compile_times.py [var_d16_sampler|gpt_b_train_step|all] [--remat full]
+[--layers N]``.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ def _shapes(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
 
 
-def var_d16_sampler(scan: bool, remat: str) -> tuple:
+def var_d16_sampler(scan: bool, remat: str, layers: int | None = None) -> tuple:
     """-> (jitted sampler, abstract arguments)."""
     from jaxar.generators.var import VAR, var_config
     from jaxar.quantizers.multiscale import MultiScaleQuantizer
     from jaxar.sampling.scalewise import make_scalewise_sampler
 
-    cfg = var_config("VAR-d16", scan_layers=scan, remat_policy=remat)
+    depth = {"depth": layers} if layers else {}
+    cfg = var_config("VAR-d16", scan_layers=scan, remat_policy=remat, **depth)
     quantizer = MultiScaleQuantizer(cfg.vocab_size, cfg.code_dim, scales=cfg.patch_nums)
     size = cfg.patch_nums[-1]
 
@@ -60,16 +62,22 @@ def var_d16_sampler(scan: bool, remat: str) -> tuple:
     return sampler.jitted, (params, labels, jax.random.key(1)), None
 
 
-def gpt_b_train_step(scan: bool, remat: str) -> tuple:
+def gpt_b_train_step(scan: bool, remat: str, layers: int | None = None) -> tuple:
     """-> (jitted train step, abstract arguments, mesh)."""
     from jaxar.generators.gpt import gpt_config, make_gpt_task
-    from jaxar.sharding import abstract_with_sharding, batch_sharding, logical_to_sharding
-    from jaxar.sharding import make_mesh, use_mesh
+    from jaxar.sharding import (
+        abstract_with_sharding,
+        batch_sharding,
+        logical_to_sharding,
+        make_mesh,
+        use_mesh,
+    )
     from jaxar.train.optimizer import OptimizerConfig, make_optimizer
     from jaxar.train.state import _init_state
     from jaxar.train.step import jit_train_step, make_train_step
 
-    cfg = gpt_config("GPT-B", scan_layers=scan, remat_policy=remat)
+    depth = {"num_layers": layers} if layers else {}
+    cfg = gpt_config("GPT-B", scan_layers=scan, remat_policy=remat, **depth)
     task = make_gpt_task(cfg)
     optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-4, warmup_steps=0, total_steps=100))
     batch = {
@@ -88,10 +96,10 @@ def gpt_b_train_step(scan: bool, remat: str) -> tuple:
     return step.jitted, (state, batch, key), mesh
 
 
-def measure(case: str, scan: bool, remat: str) -> dict:
+def measure(case: str, scan: bool, remat: str, layers: int | None = None) -> dict:
     load_before = os.getloadavg()
     start = time.perf_counter()
-    jitted, args, mesh = globals()[case](scan, remat)
+    jitted, args, mesh = globals()[case](scan, remat, layers)
     build_s = time.perf_counter() - start
     if mesh is not None:
         from jaxar.sharding import use_mesh
@@ -111,6 +119,7 @@ def measure(case: str, scan: bool, remat: str) -> dict:
         "case": case,
         "scan_layers": scan,
         "remat_policy": remat,
+        "layers": layers or "preset",
         "build_s": round(build_s, 2),
         "lower_s": round(lower_s, 2),  # tracing + lowering to StableHLO
         "compile_s": round(compile_s, 2),  # XLA
@@ -129,13 +138,16 @@ def main() -> None:
     parser.add_argument("case", nargs="?", default="all", choices=(*CASES, "all"))
     parser.add_argument("--scan", type=int, choices=(0, 1), help="one layout (default: both)")
     parser.add_argument("--remat", default="none", help="remat_policy of the model")
+    parser.add_argument("--layers", type=int, help="override the preset's depth")
     args = parser.parse_args()
     if args.case != "all" and args.scan is not None:
-        print(json.dumps(measure(args.case, bool(args.scan), args.remat)), flush=True)
+        record = measure(args.case, bool(args.scan), args.remat, args.layers)
+        print(json.dumps(record), flush=True)
         return
     for case in CASES if args.case == "all" else (args.case,):
         for scan in (0, 1):  # a fresh process each: no shared compilation caches
             cmd = [sys.executable, __file__, case, "--scan", str(scan), "--remat", args.remat]
+            cmd += ["--layers", str(args.layers)] if args.layers else []
             subprocess.run(cmd, check=True)
 
 

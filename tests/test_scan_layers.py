@@ -407,3 +407,51 @@ def test_stacked_cache_helpers():
     assert [int(c["index"]) for c in set_cache_index(per_layer, 4)] == [4, 4, 4]
     with pytest.raises(ValueError, match="positive"):
         init_stack_cache(0, 2, 7, 4, 8, jnp.float32, stacked=True)
+
+
+def test_deep_presets_scan_and_small_ones_do_not():
+    from jaxar.layers.scan import STACK_NAMES
+    from jaxar.train.optimizer import SCANNED_STACK_NAMES
+
+    assert STACK_NAMES == SCANNED_STACK_NAMES
+    presets = {**gpt.GPT_CONFIGS, **var.VAR_CONFIGS, **maskgit.MASKGIT_CONFIGS,
+               **randar.RANDAR_CONFIGS, **rq_transformer.RQ_CONFIGS}  # fmt: skip
+    for name, cfg in presets.items():
+        small = name.endswith(("tiny", "digits"))
+        assert cfg.scan_layers is not small and cfg.remat_policy == "none", name
+
+
+def test_match_layer_layout_converts_either_way():
+    from jaxar.layers.scan import match_layer_layout
+
+    family = FAMILIES["rq"]  # two stacks
+    cfg = family.config()
+    params = _init(family, cfg)
+    stacked = _stack(params, family.stacks(cfg))
+    for source in (params, stacked):
+        _assert_trees_close(match_layer_layout(source, True), stacked, atol=0)
+        _assert_trees_close(match_layer_layout(source, False), params, atol=0)
+
+
+def test_an_unscanned_workdir_loads_into_a_scanning_config(tmp_path):
+    from jaxar.convert.workdir import generator_config, tokenizer_config, write_workdir
+    from jaxar.recipes.generator import load_generator
+    from jaxar.tokenizers.autoencoder import Tokenizer, get_preset
+
+    tok = get_preset("digits_vq")
+    images = np.zeros((1, 16, 16, tok.image_channels), np.float32)
+    variables = dict(Tokenizer(tok).init({"params": jax.random.key(0)}, images))
+    tok_params = {"model": nn.unbox(variables.pop("params"))}
+    write_workdir(tmp_path / "tok", tok_params, tokenizer_config(tok, 16, {"test": 1}),
+                  model_state=variables)  # fmt: skip
+    cfg = _gpt_cfg(vocab_size=tok.codebook_size, block_size=64)  # an 8 x 8 grid
+    params, stacked = _gpt_params(cfg)
+    old = generator_config(tmp_path / "tok", "gpt", cfg, {}, 16, {"test": 1})  # per layer
+    old["model"]["scan_layers"] = True  # e.g. a preset whose default changed since
+    write_workdir(tmp_path / "gen", params, old)
+    gen = load_generator(tmp_path / "gen")
+    assert gen.model_config.scan_layers and "layers_0" not in gen.params
+    _assert_trees_close(gen.params, stacked, atol=0)
+    out = gen.sample(LABELS, 0, temperature=0.0)
+    plain = gpt.GPT(cfg).apply({"params": params}, jnp.asarray(out.codes), LABELS)
+    np.testing.assert_array_equal(np.argmax(plain, -1), out.codes)  # greedy = argmax

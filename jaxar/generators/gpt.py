@@ -115,17 +115,17 @@ class GPTConfig(LlamaShapes):
         return self.cls_token_num + self.block_size
 
 
-GPT_CONFIGS: dict[str, GPTConfig] = {
+GPT_CONFIGS: dict[str, GPTConfig] = {  # deep presets scan their layers (scan_layers)
     # class-conditional (LlamaGen c2i)
-    "GPT-B": GPTConfig(num_layers=12, dim=768, num_heads=12),  # 111M
-    "GPT-L": GPTConfig(num_layers=24, dim=1024, num_heads=16),  # 343M
-    "GPT-XL": GPTConfig(num_layers=36, dim=1280, num_heads=20),  # 775M
-    "GPT-XXL": GPTConfig(num_layers=48, dim=1536, num_heads=24),  # 1.4B
-    "GPT-XXXL": GPTConfig(num_layers=48, dim=2560, num_heads=40),  # 3.9B
+    "GPT-B": GPTConfig(scan_layers=True, num_layers=12, dim=768, num_heads=12),  # 111M
+    "GPT-L": GPTConfig(scan_layers=True, num_layers=24, dim=1024, num_heads=16),  # 343M
+    "GPT-XL": GPTConfig(scan_layers=True, num_layers=36, dim=1280, num_heads=20),  # 775M
+    "GPT-XXL": GPTConfig(scan_layers=True, num_layers=48, dim=1536, num_heads=24),  # 1.4B
+    "GPT-XXXL": GPTConfig(scan_layers=True, num_layers=48, dim=2560, num_heads=40),  # 3.9B
     # text-conditional (LlamaGen t2i; 120 caption tokens of flan-t5-xl features)
-    "GPT-1B": GPTConfig(num_layers=22, dim=2048, num_heads=32),
-    "GPT-3B": GPTConfig(num_layers=24, dim=3200, num_heads=32),
-    "GPT-7B": GPTConfig(num_layers=32, dim=4096, num_heads=32),
+    "GPT-1B": GPTConfig(scan_layers=True, num_layers=22, dim=2048, num_heads=32),
+    "GPT-3B": GPTConfig(scan_layers=True, num_layers=24, dim=3200, num_heads=32),
+    "GPT-7B": GPTConfig(scan_layers=True, num_layers=32, dim=4096, num_heads=32),
     # small models for the bundled digits data and tests (4x4 token grid, 10 classes)
     "GPT-tiny": GPTConfig(
         vocab_size=256, num_layers=2, dim=64, num_heads=4, multiple_of=32, num_classes=10,

@@ -81,9 +81,9 @@ class MaskGITConfig:
 
 MASKGIT_CONFIGS: dict[str, MaskGITConfig] = {
     # ImageNet 256x256 with a 16x16 grid of 1024 VQGAN codes (the paper's setting).
-    "MaskGIT-ImageNet256": MaskGITConfig(),
+    "MaskGIT-ImageNet256": MaskGITConfig(scan_layers=True),
     # ImageNet 512x512: 32x32 grid.
-    "MaskGIT-ImageNet512": MaskGITConfig(block_size=1024),
+    "MaskGIT-ImageNet512": MaskGITConfig(block_size=1024, scan_layers=True),
     # Bundled digits: 8x8 grid of 256 codes, 10 classes.
     "MaskGIT-digits": MaskGITConfig(
         vocab_size=256, block_size=64, num_layers=4, dim=128, num_heads=4, ffn_dim=384,

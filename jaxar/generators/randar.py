@@ -91,9 +91,9 @@ class RandARConfig(LlamaShapes):
 
 
 RANDAR_CONFIGS: dict[str, RandARConfig] = {
-    "RandAR-L": RandARConfig(num_layers=24, dim=1024, num_heads=16),  # 0.3B
-    "RandAR-XL": RandARConfig(num_layers=36, dim=1280, num_heads=20),  # 0.7B
-    "RandAR-XXL": RandARConfig(num_layers=48, dim=1536, num_heads=24),  # 1.4B
+    "RandAR-L": RandARConfig(scan_layers=True, num_layers=24, dim=1024, num_heads=16),  # 0.3B
+    "RandAR-XL": RandARConfig(scan_layers=True, num_layers=36, dim=1280, num_heads=20),  # 0.7B
+    "RandAR-XXL": RandARConfig(scan_layers=True, num_layers=48, dim=1536, num_heads=24),  # 1.4B
     "RandAR-digits": RandARConfig(
         vocab_size=256, num_layers=4, dim=128, num_heads=4, multiple_of=32, num_classes=10,
         block_size=64, token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0,

@@ -87,12 +87,17 @@ class RQTransformerConfig:
         return self.num_classes
 
 
+def _deep(**fields: Any) -> RQTransformerConfig:
+    """A released-size model: its stacks are scanned (``scan_layers``)."""
+    return RQTransformerConfig(scan_layers=True, **fields)
+
+
 RQ_CONFIGS: dict[str, RQTransformerConfig] = {
     # ImageNet 256x256 on 8x8x4 RQ-VAE codes (configs/imagenet256/stage2/*).
-    "RQ-480M": RQTransformerConfig(dim=1536, num_heads=24, spatial_layers=12, depth_layers=4),
-    "RQ-821M": RQTransformerConfig(dim=1536, num_heads=24, spatial_layers=24, depth_layers=4),
-    "RQ-1.4B": RQTransformerConfig(dim=1536, num_heads=24, spatial_layers=42, depth_layers=6),
-    "RQ-3.8B": RQTransformerConfig(dim=2560, num_heads=40, spatial_layers=42, depth_layers=6),
+    "RQ-480M": _deep(dim=1536, num_heads=24, spatial_layers=12, depth_layers=4),
+    "RQ-821M": _deep(dim=1536, num_heads=24, spatial_layers=24, depth_layers=4),
+    "RQ-1.4B": _deep(dim=1536, num_heads=24, spatial_layers=42, depth_layers=6),
+    "RQ-3.8B": _deep(dim=2560, num_heads=40, spatial_layers=42, depth_layers=6),
     # Bundled digits: 8x8 grid, 2 residual codes of 256 per position.
     "RQ-digits": RQTransformerConfig(
         vocab_size=256, code_depth=2, block_size=64, dim=128, num_heads=4, spatial_layers=4,

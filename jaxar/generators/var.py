@@ -142,10 +142,12 @@ def scale_schedule(image_size: int) -> tuple[int, ...]:
 
 
 def _preset(depth: int, **kw: Any) -> VARConfig:
-    """Released VAR-d{depth}: width 64 * depth, depth heads, drop path 0.1 * depth / 24."""
+    """Released VAR-d{depth}: width 64 * depth, depth heads, drop path 0.1 * depth / 24; the
+    blocks are scanned (``scan_layers``)."""
     return VARConfig(
-        depth=depth, embed_dim=64 * depth, num_heads=depth, drop_path=0.1 * depth / 24, **kw
-    )
+        depth=depth, embed_dim=64 * depth, num_heads=depth, drop_path=0.1 * depth / 24,
+        scan_layers=True, **kw,
+    )  # fmt: skip
 
 
 VAR_CONFIGS: dict[str, VARConfig] = {

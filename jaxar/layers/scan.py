@@ -19,6 +19,7 @@ dimensions). Remat changes memory and speed, never values.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -27,6 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 LAYERS_AXIS = "layers"  # the logical axis of a scanned stack's leading param dimension
+# The generators' stack names (GPT, RandAR, MaskGIT: layers; VAR: blocks; RQ: spatial_layers
+# and depth_layers); jaxar.train.optimizer.SCANNED_STACK_NAMES repeats them.
+STACK_NAMES = ("layers", "blocks", "spatial_layers", "depth_layers")
 
 REMAT_POLICIES: dict[str, Any] = {
     "none": None,
@@ -183,4 +187,22 @@ def unstack_layer_params(
 
     for i in range(num_layers):
         out[f"{prefix}_{i}"] = layer(i)
+    return out
+
+
+def match_layer_layout(params: dict, scan: bool) -> dict:
+    """Top-level params of either layout in the layout ``scan`` asks for: per-layer subtrees
+    ``{name}_0 ..`` of the ``STACK_NAMES`` are stacked, or stacked ``{name}`` subtrees
+    unstacked. Lets checkpoints written before a preset's default layout changed load."""
+    out = dict(params)
+    for name in STACK_NAMES:
+        count = 0
+        while f"{name}_{count}" in out:
+            count += 1
+        if scan and count:
+            out = stack_layer_params(out, name, count)
+        elif not scan and isinstance(out.get(name), Mapping):
+            leaf = jax.tree.leaves(out[name], is_leaf=_is_box)[0]
+            num = (leaf.value if _is_box(leaf) else leaf).shape[0]
+            out = unstack_layer_params(out, name, num)
     return out

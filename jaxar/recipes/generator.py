@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxar.layers.scan import match_layer_layout
 from jaxar.paths import resolve
 from jaxar.recipes.config import fit_from_config
 from jaxar.recipes.experiment import generator_experiment
@@ -168,4 +169,5 @@ def load_generator(
     family = get_family(config["model"]["family"])
     model_cfg, _ = family.build(config["model"], tokenizer, config.get("loss") or {})
     params = restored["ema_params"] if use_ema and restored.get("ema_params") else None
-    return LoadedGenerator(family, model_cfg, params or restored["params"], tokenizer, config)
+    params = match_layer_layout(params or restored["params"], model_cfg.scan_layers)
+    return LoadedGenerator(family, model_cfg, params, tokenizer, config)
