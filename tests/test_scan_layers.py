@@ -401,7 +401,7 @@ def test_stacked_cache_helpers():
     per_layer = init_stack_cache(3, 2, 7, 4, 8, jnp.float32)
     stacked = init_stack_cache(3, 2, 7, 4, 8, jnp.float32, stacked=True)
     assert isinstance(per_layer, list) and len(per_layer) == 3
-    assert stacked["k"].shape == (3, 2, 7, 4, 8) and stacked["index"].shape == (3,)
+    assert stacked["k"].shape == (3, *per_layer[0]["k"].shape) and stacked["index"].shape == (3,)
     assert cache_slots(per_layer) == cache_slots(stacked) == 7
     np.testing.assert_array_equal(set_cache_index(stacked, 5)["index"], [5, 5, 5])
     assert [int(c["index"]) for c in set_cache_index(per_layer, 4)] == [4, 4, 4]

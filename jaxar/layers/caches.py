@@ -3,7 +3,8 @@ the one-layer cache ``{"k", "v", "index": int32 []}``, slots on ``SLOT_AXIS``):
 
 - per layer (blocks ``layers_0 ..``): a list of one-layer caches;
 - stacked (a scanned stack, ``jaxar.layers.scan``): one dict of the one-layer arrays with a
-  leading ``[L]`` axis (``"index"``: int32 [L]), scanned over its leading axis together with the block params.
+  leading ``[L]`` axis (``"index"``: int32 [L]), scanned over that axis together with the
+  block params.
 
 Samplers touch caches only through these helpers, so they work with both layouts.
 """
@@ -46,8 +47,8 @@ def is_stacked(cache: StackCache) -> bool:
 
 def cache_slots(cache: StackCache) -> int:
     """Key/value slots ``S`` per row."""
-    layer_ndim = 4  # a one-layer cache; a stacked one has the layer axis in front
-    return (cache if is_stacked(cache) else cache[0])["k"].shape[SLOT_AXIS - layer_ndim]
+    axis = SLOT_AXIS if SLOT_AXIS < 0 else SLOT_AXIS - 4  # from the end: both layouts
+    return (cache if is_stacked(cache) else cache[0])["k"].shape[axis]
 
 
 def set_cache_index(cache: StackCache, index: jax.Array | int) -> StackCache:
