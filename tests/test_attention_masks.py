@@ -16,12 +16,12 @@ import pytest
 from jaxar.layers.attention import (
     Attention,
     _mask4,
-    cache_slots,
     dot_product_attention,
     fused_attention,
     init_kv_cache,
     slot_mask,
 )
+from jaxar.layers.caches import cache_slots
 
 B, T, D, H, HKV, DH = 2, 6, 32, 4, 2, 8
 

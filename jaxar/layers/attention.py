@@ -61,12 +61,6 @@ def init_kv_caches(
     return [init_kv_cache(batch, max_len, num_kv_heads, head_dim, dtype) for _ in range(num_layers)]
 
 
-def cache_slots(cache: KVCache | list[KVCache]) -> int:
-    """Key slots (``Lmax``) of a layer's cache or of a stack's caches."""
-    layer = cache[0] if isinstance(cache, list | tuple) else cache
-    return layer["k"].shape[SLOT_AXIS]
-
-
 def _mask4(mask: jax.Array, t: int, s: int) -> jax.Array:
     """Bool mask [T, S] | [B, T, S] | [B|1, 1|H, T, S] -> 4-d [B|1, 1|H, T, S] (no copies:
     the batch and head axes stay 1 unless the caller's mask has them)."""
@@ -269,7 +263,7 @@ class Attention(nn.Module):
             offset = cache["index"]
             cache = update_kv_cache(cache, k, v)
             k, v = cache["k"], cache["v"]  # [B, Hkv, Lmax, Dh]
-            written = slot_mask(t, cache_slots(cache), offset, self.causal and mask is None)
+            written = slot_mask(t, k.shape[SLOT_AXIS], offset, self.causal and mask is None)
             mask = written if mask is None else _mask4(mask, t, written.shape[-1]) & written
         deterministic = not train or self.attn_dropout_rate == 0.0
         out = attend(
