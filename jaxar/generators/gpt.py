@@ -286,6 +286,7 @@ class GPT(nn.Module):
         cache: StackCache | None,
         train: bool,
         caption_mask: jax.Array | None = None,
+        kv_len: int | None = None,
     ) -> tuple[jax.Array, StackCache | None]:
         """Transformer body: h [B, T, D] at sequence positions [T] | [B, T] -> logits [B, T, V].
         ``caption_mask`` [B, Lc] (t2i): padded caption tokens are hidden from every query."""
@@ -302,9 +303,10 @@ class GPT(nn.Module):
                 raise ValueError(
                     f"caption_mask must be {list(want)}, got {jnp.shape(caption_mask)}"
                 )
-            slots = h.shape[1] if cache is None else cache_slots(cache)
+            slots = h.shape[1] if cache is None else (kv_len or cache_slots(cache))
             mask = caption_attention_mask(caption_mask, positions, slots)
-        h, new_cache = run_blocks(self.layers, h, cache, rope=rope, mask=mask, train=train)
+        extra = {} if kv_len is None else {"kv_len": kv_len}
+        h, new_cache = run_blocks(self.layers, h, cache, rope=rope, mask=mask, train=train, **extra)
         logits = self.output(self.norm(h)).astype(jnp.float32)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab")), new_cache
 
@@ -351,12 +353,16 @@ class GPT(nn.Module):
         positions: jax.Array,
         cache: StackCache,
         caption_mask: jax.Array | None = None,
+        kv_len: int | None = None,
     ) -> tuple[jax.Array, StackCache]:
         """Feeds image tokens [B, S] at sequence positions [S] | [B, S] (code t sits at
         ``cls_token_num + t``) after the cached ones. Returns logits [B, S, V] and cache.
-        ``caption_mask`` (t2i): the prefill's [B, Lc] mask, hiding padded caption tokens."""
+        ``caption_mask`` (t2i): the prefill's [B, Lc] mask, hiding padded caption tokens.
+        ``kv_len`` (static): attention reads only the first ``kv_len`` cache slots (the
+        caller guarantees every written slot, these tokens' included, lies below it)."""
         check_int_input("tokens", tokens, 2, self.config.vocab_size)
-        return self._run(self.tok_embeddings(tokens), positions, cache, False, caption_mask)
+        h = self.tok_embeddings(tokens)
+        return self._run(h, positions, cache, False, caption_mask, kv_len)
 
 
 def init_gpt_cache(

@@ -212,7 +212,9 @@ class Attention(nn.Module):
     """Self-attention: q/k/v projections (optional GQA), RoPE, mask, KV cache, output proj.
 
     Call: ``(x [B, T, D], rope=(cos, sin) [(B,) T, Dh/2] | None, mask=None, cache=None,
-    train=False) -> (y [B, T, D], new_cache | None)``.
+    kv_len=None, train=False) -> (y [B, T, D], new_cache | None)``. ``kv_len`` (a static int,
+    with a cache) reads only the first ``kv_len`` slots: a decode step that knows the cache is
+    written below it reads no more than it needs (a caller's mask then covers ``kv_len`` keys).
     """
 
     num_heads: int
@@ -247,6 +249,7 @@ class Attention(nn.Module):
         rope: tuple[jax.Array, jax.Array] | None = None,
         mask: jax.Array | None = None,
         cache: KVCache | None = None,
+        kv_len: int | None = None,
         train: bool = False,
     ) -> tuple[jax.Array, KVCache | None]:
         b, t, dim = x.shape
@@ -263,6 +266,8 @@ class Attention(nn.Module):
             offset = cache["index"]
             cache = update_kv_cache(cache, k, v)
             k, v = cache["k"], cache["v"]  # [B, Hkv, Lmax, Dh]
+            if kv_len is not None:  # the caller knows no slot at or past kv_len is written
+                k, v = k[:, :, :kv_len], v[:, :, :kv_len]
             written = slot_mask(t, k.shape[SLOT_AXIS], offset, self.causal and mask is None)
             mask = written if mask is None else _mask4(mask, t, written.shape[-1]) & written
         deterministic = not train or self.attn_dropout_rate == 0.0

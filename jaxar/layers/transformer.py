@@ -38,9 +38,10 @@ class DropPath(nn.Module):
 class TransformerBlock(StackableBlock):
     """RMSNorm -> Attention -> residual, RMSNorm -> SwiGLU -> residual, optional drop path.
 
-    Submodule names follow LlamaGen (``attention``, ``feed_forward``, ``attention_norm``,
-    ``ffn_norm``). Call: ``(x [B, T, D], rope, mask, cache, train) -> (y [B, T, D], cache)``;
-    ``drop_path_rate`` (a scanned stack's per-layer rate) overrides the attribute.
+        Submodule names follow LlamaGen (``attention``, ``feed_forward``, ``attention_norm``,
+        ``ffn_norm``). Call: ``(x [B, T, D], rope, mask, cache, train, kv_len) -> (y [B, T, D],
+    cache)`` (``kv_len``: see ``Attention``);
+        ``drop_path_rate`` (a scanned stack's per-layer rate) overrides the attribute.
     """
 
     num_heads: int
@@ -66,6 +67,7 @@ class TransformerBlock(StackableBlock):
         cache: KVCache | None = None,
         train: bool = False,
         drop_path_rate: jax.Array | None = None,
+        kv_len: int | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         drop_path = functools.partial(DropPath(self.drop_path_rate), rate=drop_path_rate)
         attn_out, cache = Attention(
@@ -83,6 +85,7 @@ class TransformerBlock(StackableBlock):
             rope=rope,
             mask=mask,
             cache=cache,
+            kv_len=kv_len,
             train=train,
         )
         h = x + drop_path(attn_out, train=train)

@@ -228,7 +228,9 @@ def _var_sampler(cfg, tokenizer, settings: dict) -> SamplerBody:
 FAMILIES: dict[str, Family] = {
     "var": Family("var", _var_build, _var_sampler, ("return_logits",),
                   (("cfg_schedule", "linear"),)),
-    "gpt": Family("gpt", _gpt_build, _gpt_sampler, ("cfg_interval", "return_logits")),
+    "gpt": Family(
+        "gpt", _gpt_build, _gpt_sampler, ("cfg_interval", "return_logits", "decode_segments")
+    ),
     "maskgit": Family("maskgit", *_token_family(
         "jaxar.generators.maskgit", "MaskGITConfig", "maskgit_config", "make_maskgit_task",
         "jaxar.sampling.masked", "make_maskgit_sampler"),
