@@ -24,6 +24,8 @@ from jaxar.sampling.base import (
     at_precision,
     constant_passes,
     split_settings,
+    unscanned_for_decoding,
+    with_per_layer_params,
     with_precision,
 )
 from jaxar.task import Task
@@ -48,6 +50,7 @@ class Family:
     sampler_body: Callable[[Any, Any, dict], SamplerBody]
     sampler_fields: tuple[str, ...] = ()  # the family's own sampling settings
     sampler_defaults: tuple[tuple[str, Any], ...] = ()  # e.g. VAR: cfg_schedule "linear"
+    decodes_per_token: bool = False  # samples with a per-layer stack (unscanned_for_decoding)
 
     @staticmethod
     def num_classes(model_cfg: Any) -> int:
@@ -70,6 +73,9 @@ class Family:
             owner = f"family {self.name!r} with accelerator {accelerator!r}"
             fields = fields + accel.fields
         options, _ = split_settings(settings, fields, owner)
+        stored_cfg = model_cfg
+        if self.decodes_per_token:
+            model_cfg = unscanned_for_decoding(model_cfg)
         model_cfg = at_precision(model_cfg, options.precision)
         if accelerator:
             codebook = tokenizer.code_embeddings() if accel.needs_codebook else None
@@ -79,6 +85,8 @@ class Family:
             body = self.sampler_body(model_cfg, tokenizer, settings)
         name = self.name + (f"+{accelerator}" if accelerator else "")
         run = with_precision(body.run, options.precision)
+        if self.decodes_per_token:
+            run = with_per_layer_params(run, stored_cfg)
         return Sampler(
             run, options=options, settings={**settings, **accel_settings},
             check=body.check, extra=body.extra, decode=decode, name=name,
@@ -229,7 +237,8 @@ FAMILIES: dict[str, Family] = {
     "var": Family("var", _var_build, _var_sampler, ("return_logits",),
                   (("cfg_schedule", "linear"),)),
     "gpt": Family(
-        "gpt", _gpt_build, _gpt_sampler, ("cfg_interval", "return_logits", "decode_segments")
+        "gpt", _gpt_build, _gpt_sampler, ("cfg_interval", "return_logits", "decode_segments"),
+        decodes_per_token=True,
     ),
     "maskgit": Family("maskgit", *_token_family(
         "jaxar.generators.maskgit", "MaskGITConfig", "maskgit_config", "make_maskgit_task",
@@ -238,10 +247,11 @@ FAMILIES: dict[str, Family] = {
     "randar": Family("randar", *_token_family(
         "jaxar.generators.randar", "RandARConfig", "randar_config", "make_randar_task",
         "jaxar.sampling.random_order", "make_randar_sampler"),
-        ("order", "num_inference_steps", "return_logits")),
+        ("order", "num_inference_steps", "return_logits"), decodes_per_token=True),
     "rq": Family("rq", *_token_family(
         "jaxar.generators.rq_transformer", "RQTransformerConfig", "rq_config", "make_rq_task",
-        "jaxar.sampling.rq", "make_rq_sampler", code_depth="rq_depth"), ("return_logits",)),
+        "jaxar.sampling.rq", "make_rq_sampler", code_depth="rq_depth"), ("return_logits",),
+        decodes_per_token=True),
 }  # fmt: skip
 
 

@@ -21,7 +21,13 @@ import jax.numpy as jnp
 
 from jaxar.checks import check_int_input
 from jaxar.generators.gpt import GPT, GPTConfig, init_gpt_cache
-from jaxar.sampling.base import SamplingOptions, at_precision, cast_params
+from jaxar.layers.scan import match_layer_layout
+from jaxar.sampling.base import (
+    SamplingOptions,
+    at_precision,
+    cast_params,
+    unscanned_for_decoding,
+)
 from jaxar.sampling.logits import (
     cfg_combine,
     cfg_scale_schedule,
@@ -169,10 +175,14 @@ def make_sampler(
     checks concrete labels on the host, then calls the compiled sampler (``.jitted``)."""
     opts = GPTSamplingOptions(**sampling_kwargs)
     model = model_of(model_or_cfg)
-    model = model.clone(config=at_precision(model.config, opts.precision))
+    stored_cfg = model.config
+    decode_cfg = at_precision(unscanned_for_decoding(stored_cfg), opts.precision)
+    model = model.clone(config=decode_cfg)
     grid = model.config.grid_size
 
     def run(params, cond, rng, caption_mask=None):
+        if stored_cfg.scan_layers:
+            params = jax.lax.optimization_barrier(match_layer_layout(nn.unbox(params), False))
         params = cast_params(params, opts.precision)
         out = generate(model, params, cond, rng, opts, caption_mask)
         if decode_fn is None:
