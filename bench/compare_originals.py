@@ -40,7 +40,7 @@ missing or whose path lacks the expected files is skipped (``"skipped"`` in the 
 still runs. The commit is read from ``LLAMAGEN_COMMIT`` / ``VAR_COMMIT``, else from the
 checkout's git.
 
-  LLAMAGEN_SRC=/tmp/orig/LlamaGen VAR_SRC=/tmp/orig/VAR \\
+  LLAMAGEN_SRC=path/to/LlamaGen VAR_SRC=path/to/VAR \\
     .venv/bin/python bench/compare_originals.py --case all --batch 1,8 --repeats 3
   .venv/bin/python bench/compare_originals.py --tiny --repeats 1        # seconds, for tests
   .venv/bin/python bench/compare_originals.py --device                  # GPU/TPU + CUDA torch

@@ -21,12 +21,12 @@ import jax.numpy as jnp
 
 from jaxar.checks import check_int_input
 from jaxar.generators.gpt import GPT, GPTConfig, init_gpt_cache
-from jaxar.layers.scan import match_layer_layout
 from jaxar.sampling.base import (
     SamplingOptions,
     at_precision,
-    cast_params,
     unscanned_for_decoding,
+    with_per_layer_params,
+    with_precision,
 )
 from jaxar.sampling.logits import (
     cfg_combine,
@@ -180,10 +180,7 @@ def make_sampler(
     model = model.clone(config=decode_cfg)
     grid = model.config.grid_size
 
-    def run(params, cond, rng, caption_mask=None):
-        if stored_cfg.scan_layers:
-            params = jax.lax.optimization_barrier(match_layer_layout(nn.unbox(params), False))
-        params = cast_params(params, opts.precision)
+    def sample_codes(params, cond, rng, caption_mask=None):
         out = generate(model, params, cond, rng, opts, caption_mask)
         if decode_fn is None:
             return out
@@ -192,6 +189,8 @@ def make_sampler(
             raise ValueError("decode_fn needs a full grid: leave num_tokens at block_size")
         return decode_fn(codes.reshape(codes.shape[0], grid, grid))
 
+    # the same per-layer slicing and cast as every family's Sampler (jaxar.recipes.families)
+    run = with_per_layer_params(with_precision(sample_codes, opts.precision), stored_cfg)
     jitted = jax.jit(run)
 
     def sampler(params, cond, rng, caption_mask=None):
