@@ -110,7 +110,7 @@ def main(argv=None):
         sampler = generator.sampler(args.accelerator, **sampling_settings(args))
     except ValueError as err:
         raise SystemExit(f"sampling settings: {err}") from None
-    rng, images, passes, compile_s = jax.random.key(args.seed), [], [], 0.0
+    rng, images, passes, heads, compile_s = jax.random.key(args.seed), [], [], [], 0.0
     start = time.perf_counter()
     for begin in range(0, len(labels), args.batch_size):
         rng, key = jax.random.split(rng)
@@ -120,11 +120,15 @@ def main(argv=None):
         compile_s += seconds["compile_s"]
         images.append(result.images[: len(batch)])
         passes.append(result.forward_passes[: len(batch)])
+        if result.head_calls is not None:
+            heads.append(result.head_calls[: len(batch)])
     sample_s = time.perf_counter() - start - compile_s
     print(f"{sampler.name} sampler: compiled in {compile_s:.1f} s ({sampler.traces} trace(s)); "
           f"sampled {len(labels)} images in {sample_s:.1f} s "
           f"({len(labels) / max(sample_s, 1e-9):.2f} images/s), "
-          f"{np.concatenate(passes).mean():.1f} forward passes per image")  # fmt: skip
+          f"{np.concatenate(passes).mean():.1f} forward passes per image"
+          + (f", {np.concatenate(heads).mean():.0f} diffusion-head calls per image"
+             if heads else ""))  # fmt: skip
     images = np.concatenate(images)
     rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
     with (out / "samples.npz").open("wb") as f:

@@ -233,6 +233,43 @@ def _var_sampler(cfg, tokenizer, settings: dict) -> SamplerBody:
     return SamplerBody(run, inner.check, (quantizer_params,))
 
 
+def _mar_build(model: dict, tokenizer, loss: dict):
+    from jaxar.generators.mar import MARConfig, make_mar_task, mar_config
+
+    tok = tokenizer.config
+    if not getattr(tok, "continuous", False):
+        raise ValueError(
+            f"MAR needs a continuous (kl) tokenizer, got quantizer {tok.quantizer!r}: train one "
+            "with --config tokenizer_digits.py:kl or convert MAR's KL-16 VAE"
+        )
+    grid = tokenizer.config.code_shape(tokenizer.image_size)[0]
+    derived = {"latent_dim": tok.code_dim, "latent_grid": grid}
+    cfg = _preset_config(model, mar_config, MARConfig, **derived)
+    _check_matches_tokenizer("mar", cfg, derived)
+    if loss:
+        raise ValueError(f"MAR has no loss options, got {sorted(loss)}")
+    return cfg, make_mar_task(cfg)
+
+
+def _mar_sampler(cfg, tokenizer, settings: dict) -> SamplerBody:
+    from jaxar.sampling.mar import make_mar_sampler
+
+    del tokenizer
+    inner = make_mar_sampler(cfg, **settings)
+    passes = constant_passes(inner.forward_passes_per_image)
+    head_calls = constant_passes(inner.head_calls_per_image)
+
+    def run(params, labels, rng):
+        latents = inner.run(params, labels, rng)
+        return {
+            "codes": latents,
+            "forward_passes": passes(labels),
+            "head_calls": head_calls(labels),
+        }
+
+    return SamplerBody(run, inner.check)
+
+
 FAMILIES: dict[str, Family] = {
     "var": Family("var", _var_build, _var_sampler, ("return_logits",),
                   (("cfg_schedule", "linear"),)),
@@ -252,6 +289,9 @@ FAMILIES: dict[str, Family] = {
         "jaxar.generators.rq_transformer", "RQTransformerConfig", "rq_config", "make_rq_task",
         "jaxar.sampling.rq", "make_rq_sampler", code_depth="rq_depth"), ("return_logits",),
         decodes_per_token=True),
+    "mar": Family("mar", _mar_build, _mar_sampler,
+                  ("num_iter", "num_sampling_steps", "diffusion_sampler", "ddim_eta"),
+                  (("cfg_schedule", "linear"),)),
 }  # fmt: skip
 
 

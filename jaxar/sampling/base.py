@@ -11,9 +11,10 @@
 * ``Sampler``: one compiled function per (model config, options), built once and reused for
   every call with the same batch size; ``traces`` counts how often it was traced.
 * ``SampleOutput``: ``codes`` in the flat layout of ``jaxar.recipes.codes`` (``[B, L]``, or
-  ``[B, L, D]`` for depth-stacked codes), ``forward_passes`` of the generator per image
-  ``[B]``, ``images`` (uint8 ``[B, H, W, C]``) when a decoder is attached, and the guided
-  ``logits`` when the family was asked for them.
+  ``[B, L, D]`` for depth-stacked codes, float latents ``[B, L, C]`` for a continuous
+  tokenizer), ``forward_passes`` of the generator per image ``[B]``, ``images`` (uint8
+  ``[B, H, W, C]``) when a decoder is attached, the guided ``logits`` when the family was
+  asked for them, and ``head_calls`` (MAR: diffusion-head calls per image).
 
 The rng may be a key or an int seed; a seed gives the same codes on any device count.
 """
@@ -154,6 +155,7 @@ class SampleOutput:
     forward_passes: np.ndarray  # int32 [B]: generator forward passes per image
     images: np.ndarray | None = None  # uint8 [B, H, W, C] when a decoder is attached
     logits: np.ndarray | None = None  # float32 [B, L(, D), V] guided logits, when asked for
+    head_calls: np.ndarray | None = None  # int32 [B]: diffusion-head calls per image (MAR)
 
 
 def constant_passes(passes: int) -> Callable[[jax.Array], jax.Array]:
@@ -270,12 +272,13 @@ class Sampler:
         out = jax.device_get(self.codes(params, labels, rng))
         codes = np.asarray(out["codes"])
         images = self._decode(codes) if decode and self._decode is not None else None
-        logits = out.get("logits")
+        logits, head_calls = out.get("logits"), out.get("head_calls")
         return SampleOutput(
             codes=codes,
             forward_passes=np.asarray(out["forward_passes"]),
             images=None if images is None else np.asarray(images),
             logits=None if logits is None else np.asarray(logits),
+            head_calls=None if head_calls is None else np.asarray(head_calls),
         )
 
     def timed(self, params: Any, labels: Any, rng: Any) -> tuple[SampleOutput, dict[str, float]]:

@@ -19,7 +19,14 @@ import optax
 NO_DECAY_NAMES = ("bias", "scale")
 # Module names of scanned transformer stacks (``scan_layers``, ``jaxar.layers.scan``): their
 # leaves carry a leading [num_layers] axis that does not count towards the ">= 2-D" rule.
-SCANNED_STACK_NAMES = ("layers", "blocks", "spatial_layers", "depth_layers")
+SCANNED_STACK_NAMES = (
+    "layers",
+    "blocks",
+    "spatial_layers",
+    "depth_layers",
+    "encoder_blocks",
+    "decoder_blocks",
+)
 
 
 @dataclasses.dataclass(frozen=True)
