@@ -32,15 +32,18 @@ def data_config(folder, batch_size: int = 8) -> dict:
                 batch_size=batch_size, seed=0)  # fmt: skip
 
 
-def train_tiny_tokenizer(workdir, folder, steps: int = 1, codebook_size: int = 64):
-    """A digits VQ tokenizer trained ``steps`` steps on ``folder`` (weights ~ random)."""
+def train_tiny_tokenizer(
+    workdir, folder, steps: int = 1, codebook_size: int = 64, preset: str = "digits_vq"
+):
+    """A digits tokenizer (``preset``: digits_vq, or digits_kl for a continuous one) trained
+    ``steps`` steps on ``folder`` (weights ~ random)."""
     from jaxar.recipes.tokenizer import train_tokenizer
 
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.data = data_config(folder)
-    c.tokenizer = dict(preset="digits_vq", codebook_size=codebook_size)
+    c.tokenizer = dict(preset=preset, codebook_size=codebook_size)
     c.loss = dict(recon_loss="l2", codebook_weight=1.0, perceptual_weight=0.0, disc_weight=0.0)
     c.train = dict(
         num_steps=steps, log_every=1, checkpoint_every=steps, sample_every=0,

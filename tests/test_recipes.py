@@ -180,6 +180,7 @@ SAMPLER_OPTIONS = [
     ("jaxar.sampling.random_order", "RandomOrderOptions"),
     ("jaxar.sampling.rq", "RQSamplingOptions"),
     ("jaxar.sampling.scalewise", "ScalewiseOptions"),
+    ("jaxar.sampling.mar", "MARSamplingOptions"),
 ]
 
 

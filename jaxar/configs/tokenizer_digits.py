@@ -1,7 +1,9 @@
 """Tiny tokenizer on the bundled 16x16 grey digits (CPU, a few minutes).
 
 Usage: python experiments/train_tokenizer.py --config experiments/configs/tokenizer_digits.py:vq
-The argument picks the quantizer preset: vq (default), fsq, lfq, ibq, rq, msvq.
+The argument picks the quantizer preset: vq (default), fsq, lfq, ibq, rq, msvq, or kl (a
+continuous tokenizer for MAR: 8x8 latents of 4 channels, trained longer; its per-channel
+latent scale is measured at the end and stored as <workdir>/latent_scale.json).
 """
 
 import ml_collections
@@ -14,8 +16,9 @@ def get_config(arg: str = "vq") -> ml_collections.ConfigDict:
     c.data = dict(name="digits", image_size=16, channels=1, batch_size=64, seed=0)
     c.tokenizer = dict(preset=f"digits_{arg or 'vq'}")
     c.loss = dict(recon_loss="l2", codebook_weight=1.0, perceptual_weight=0.0, disc_weight=0.0)
+    steps = 1500 if arg == "kl" else 600
     c.train = dict(
-        num_steps=600,
+        num_steps=steps,
         log_every=100,
         checkpoint_every=300,
         sample_every=300,
@@ -26,7 +29,7 @@ def get_config(arg: str = "vq") -> ml_collections.ConfigDict:
         optimizer=dict(
             learning_rate=2e-3,
             warmup_steps=50,
-            total_steps=600,
+            total_steps=steps,
             weight_decay=0.0,
             b2=0.99,
             grad_clip_norm=1.0,

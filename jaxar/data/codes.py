@@ -8,14 +8,16 @@ Layout of one split, ``CODES_DIR/<split>/`` (local folder or ``gs://`` URL)::
     index.json                             written last: the split is complete
 
 Every record is one view of one source image: the fixed-size little-endian struct
-``record_dtype(layout)`` = ``codes [L(, D)]`` (uint16 when the vocabulary fits, else int32),
+``record_dtype(layout)`` = ``codes [L(, D)]`` (uint16 when the vocabulary fits, else int32;
+continuous tokenizers' latents as float16, bfloat16 or float32),
 ``label``, ``id`` (the source index) and ``view`` (which augmentation view), all int32.
 
 ``make_codes_dataset`` reads a split with grain (``ArrayRecordDataSource``) and yields
-``{"codes": int32 [B, L(, D)], "label": int32 [B], "id": int32 [B]}``. Row r of global batch s is
-record ``order[s * G + r]`` of one seeded permutation per epoch; process p takes rows
-``[p * B, (p + 1) * B)`` of every global batch, so an epoch visits each record exactly once over
-all processes and the global batches do not depend on the process count.
+``{"codes": int32 [B, L(, D)], "label": int32 [B], "id": int32 [B]}`` (codes float32 for latents).
+Row r of global batch s is record ``order[s * G + r]`` of one seeded permutation per epoch;
+process p takes rows ``[p * B, (p + 1) * B)`` of every global batch, so an epoch visits each
+record exactly once over all processes and the global batches do not depend on the process
+count.
 
 The open-source ArrayRecord reader opens local files only, so a ``gs://`` split is copied
 (once, verified by sha256) to a local cache folder before reading (``docs/DATA.md``).
@@ -32,6 +34,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import grain
+import ml_dtypes  # noqa: F401  (registers the "bfloat16" numpy dtype used in record layouts)
 import numpy as np
 from etils import epath
 
@@ -50,9 +53,18 @@ def marker_name(shard: int, num_shards: int) -> str:
     return f"shard-{shard:05d}-of-{num_shards:05d}.json"
 
 
+# Storage dtypes of continuous latents (``CodesOptions.latent_dtype``).
+LATENT_DTYPES = {"float16": "<f2", "bfloat16": "bfloat16", "float32": "<f4"}
+
+
 def code_dtype(vocab_size: int) -> str:
     """Storage dtype of code ids: uint16 when every id fits, else int32."""
     return "<u2" if vocab_size <= 2**16 else "<i4"
+
+
+def is_latent_layout(layout: Mapping[str, Any]) -> bool:
+    """Whether a split holds float latents (continuous tokenizers) rather than code ids."""
+    return layout["code_dtype"] in LATENT_DTYPES.values()
 
 
 def record_dtype(layout: Mapping[str, Any]) -> np.dtype:
@@ -150,15 +162,17 @@ class CodesSource:
 
 
 class ParseCodes(grain.transforms.Map):
-    """Raw record bytes -> ``{"codes": int32 [L(, D)], "label": int32, "id": int32}``."""
+    """Raw record bytes -> ``{"codes": int32 [L(, D)], "label": int32, "id": int32}`` (codes
+    float32 for latents)."""
 
     def __init__(self, layout: Mapping[str, Any]):
         self.dtype = record_dtype(layout)
+        self.codes_dtype = np.float32 if is_latent_layout(layout) else np.int32
 
     def map(self, record: bytes) -> dict[str, np.ndarray]:
         row = np.frombuffer(record, dtype=self.dtype, count=1)[0]
         return {
-            "codes": row["codes"].astype(np.int32),
+            "codes": row["codes"].astype(self.codes_dtype),
             "label": np.int32(row["label"]),
             "id": np.int32(row["id"]),
         }

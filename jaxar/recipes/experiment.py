@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxar.data.codes import LATENT_DTYPES
 from jaxar.data.extract import AUGMENTATIONS
 from jaxar.recipes.config import as_dict, dataclass_from, tokenizer_config_from, train_config_from
 from jaxar.recipes.images import check_data_config
@@ -35,10 +36,15 @@ class CodesOptions:
     batch_size: int = 64
     read_threads: int = 8
     cache_dir: str | None = None
+    latent_dtype: str = "bfloat16"  # continuous tokenizers: float16 | bfloat16 | float32 on disk
 
     def __post_init__(self):
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"codes.augment={self.augment!r}; accepted: {list(AUGMENTATIONS)}")
+        if self.latent_dtype not in LATENT_DTYPES:
+            raise ValueError(
+                f"codes.latent_dtype={self.latent_dtype!r}; accepted: {list(LATENT_DTYPES)}"
+            )
         for key in ("shard_size", "batch_size"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"codes.{key} must be >= 1, got {getattr(self, key)}")
@@ -73,11 +79,13 @@ class TokenizerExperiment:
     tokenizer: TokenizerConfig
     loss: LossConfig
     preview_count: int
+    latent_scale_images: int = 4096  # continuous tokenizers: images the latent scale is measured on
 
 
 GENERATOR_FIELDS = ("seed", "mesh", "data", "tokenizer_workdir", "model", "loss", "train",
                     "sampling", "codes", "codes_dir", "tokens")  # fmt: skip
-TOKENIZER_FIELDS = ("seed", "mesh", "data", "tokenizer", "loss", "train", "preview_count")
+TOKENIZER_FIELDS = ("seed", "mesh", "data", "tokenizer", "loss", "train", "preview_count",
+                    "latent_scale_images")  # fmt: skip
 
 
 def _checked(config: Any, fields: tuple[str, ...], what: str) -> dict[str, Any]:
@@ -136,6 +144,7 @@ def tokenizer_experiment(config: Any) -> TokenizerExperiment:
         tokenizer=tokenizer_config_from(values["tokenizer"]),
         loss=dataclass_from(LossConfig, values.get("loss") or {}),
         preview_count=int(values.get("preview_count", 8)),
+        latent_scale_images=int(values.get("latent_scale_images", 4096)),
     )
 
 

@@ -5,7 +5,8 @@ Experiment config fields (besides ``data`` and ``tokenizer_workdir``)::
     codes_dir  where codes live (default ``<workdir>/codes``); ``<codes_dir>/<split>/``
     codes {augment: none | flip | ten_crop, crop_range (ten_crop, 1.1), shard_size (source
            images per shard, 1024), batch_size (views per tokenizer call, 64),
-           read_threads (8), cache_dir (local copy of gs:// codes)}
+           read_threads (8), cache_dir (local copy of gs:// codes),
+           latent_dtype (continuous tokenizers' latents on disk: bfloat16 | float16 | float32)}
 
 A split's codes carry the tokenizer's reference (resolved workdir, step, fingerprint of config
 and weights) and the data fields that change the images; codes made from anything else are
@@ -25,7 +26,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxar.data.codes import INDEX_FILE, code_dtype, make_codes_dataset, read_json
+from jaxar.data.codes import INDEX_FILE, LATENT_DTYPES, code_dtype, make_codes_dataset, read_json
 from jaxar.data.extract import StaleCodesError, extract_split, make_plan
 from jaxar.paths import PathLike, join, resolve
 from jaxar.recipes.codes import flatten_codes
@@ -69,12 +70,16 @@ def codes_plan(config: Any, tokenizer: LoadedTokenizer, num_source: int, split: 
             f"the tokenizer's {tokenizer.image_size}, {tokenizer.channels} ({tokenizer.workdir})"
         )
     codes = jax.eval_shape(tokenizer.encode, jax.ShapeDtypeStruct((1, *_image_shape(data)), float))
+    if tokenizer.config.continuous:
+        stored = LATENT_DTYPES[exp.codes.latent_dtype]
+    else:
+        stored = code_dtype(tokenizer.vocab_size)
     meta = {
         "tokenizer": tokenizer.reference(),
         "data": {k: v for k, v in sorted(data.items()) if k not in NON_CODE_DATA_FIELDS},
         "split": split,
     }
-    layout = {"code_shape": list(codes.shape[1:]), "code_dtype": code_dtype(tokenizer.vocab_size)}
+    layout = {"code_shape": list(codes.shape[1:]), "code_dtype": stored}
     return make_plan(
         num_source, meta=meta, layout=layout, image_size=data["image_size"],
         channels=data["channels"], augment=options["augment"],
@@ -88,21 +93,26 @@ def _image_shape(data: dict[str, Any]) -> tuple[int, int, int]:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _encode(module: Tokenizer, variables: dict, images: jax.Array) -> jax.Array:
-    return flatten_codes(module.apply(variables, images, method=Tokenizer.encode_to_codes))
+def _encode(module: Tokenizer, variables: dict, images: jax.Array, scale) -> jax.Array:
+    codes = flatten_codes(module.apply(variables, images, method=Tokenizer.encode_to_codes))
+    return codes if scale is None else codes * scale
 
 
 def local_encoder(tokenizer: LoadedTokenizer):
-    """``images float32 [B,S,S,C] -> numpy codes``, jitted and batch-sharded over this
-    process's devices (B must divide by their count; extraction pads to it)."""
+    """``images float32 [B,S,S,C] -> numpy codes`` (scaled float32 latents for a continuous
+    tokenizer), jitted and batch-sharded over this process's devices (B must divide by their
+    count; extraction pads to it)."""
     devices = jax.local_devices()
     mesh = Mesh(np.asarray(devices), ("batch",))
     variables = jax.device_put(jax.device_get(tokenizer.variables), NamedSharding(mesh, P()))
     batch_sharding = NamedSharding(mesh, P("batch"))
+    scale = None
+    if tokenizer.config.continuous:
+        scale = jax.device_put(np.asarray(tokenizer.encode_scale), NamedSharding(mesh, P()))
 
     def encode(images: np.ndarray) -> np.ndarray:
         images = jax.device_put(images, batch_sharding)
-        return np.asarray(_encode(tokenizer.module, variables, images))
+        return np.asarray(_encode(tokenizer.module, variables, images, scale))
 
     return encode, len(devices)
 

@@ -237,7 +237,7 @@ def _mar_build(model: dict, tokenizer, loss: dict):
     from jaxar.generators.mar import MARConfig, make_mar_task, mar_config
 
     tok = tokenizer.config
-    if not getattr(tok, "continuous", False):
+    if not tok.continuous:
         raise ValueError(
             f"MAR needs a continuous (kl) tokenizer, got quantizer {tok.quantizer!r}: train one "
             "with --config tokenizer_digits.py:kl or convert MAR's KL-16 VAE"

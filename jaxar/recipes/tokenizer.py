@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxar.data.codes import read_json, write_json_atomic
 from jaxar.data.transforms import to_uint8
 from jaxar.eval.image_metrics import psnr, ssim
 from jaxar.paths import resolve
@@ -46,7 +48,74 @@ def train_tokenizer(config: Any, workdir: str | os.PathLike):
     shape = (data["image_size"], data["image_size"], data["channels"])
     task = make_tokenizer_task(exp.tokenizer, exp.loss, shape, preview_images=preview)
     resolved = {"tokenizer": dataclasses.asdict(exp.tokenizer)}
-    return fit_from_config(exp.run, task, image_dataset(data, split="train"), workdir, resolved)
+    state = fit_from_config(exp.run, task, image_dataset(data, split="train"), workdir, resolved)
+    if exp.tokenizer.continuous:
+        images, _ = image_arrays(data, split="train", limit=exp.latent_scale_images)
+        tokenizer = load_tokenizer(workdir, latent_scale=False)
+        write_latent_scale(workdir, measure_latent_scale(tokenizer, images), tokenizer)
+    return state
+
+
+LATENT_SCALE_FILE = "latent_scale.json"
+
+
+def measure_latent_scale(tokenizer: LoadedTokenizer, images: Any, batch_size: int = 256):
+    """Per-channel ``1 / std`` of a continuous tokenizer's latents (posterior means) over
+    ``images`` (float [N,H,W,C] in [-1,1] or batches of them): scaled latents have unit
+    variance per channel, which is what MAR's diffusion head assumes (MAR: one scalar, 0.2325
+    for KL-16)."""
+    total = total_sq = None
+    count = 0
+    for batch in _image_batches(images, batch_size):
+        latents = np.asarray(tokenizer.encode(batch), np.float64).reshape(-1, tokenizer.latent_dim)
+        total = latents.sum(0) + (0 if total is None else total)
+        total_sq = np.square(latents).sum(0) + (0 if total_sq is None else total_sq)
+        count += len(latents)
+    if not count:
+        raise ValueError("measure_latent_scale got no images")
+    var = total_sq / count - np.square(total / count)
+    return (1.0 / np.sqrt(np.maximum(var, 1e-12))).astype(np.float32)
+
+
+def write_latent_scale(workdir: str | os.PathLike, scale: Any, tokenizer=None) -> np.ndarray:
+    """Stores the per-channel latent scale of the continuous tokenizer in ``workdir`` (a float
+    or [code_dim] values) as ``latent_scale.json``, tied to the weights' fingerprint so that a
+    scale never outlives the weights it was measured on. Only process 0 writes."""
+    tokenizer = tokenizer or load_tokenizer(workdir, latent_scale=False)
+    if not tokenizer.config.continuous:
+        raise ValueError(f"{workdir}: latent scales are for continuous (kl) tokenizers only")
+    dim = tokenizer.latent_dim
+    scale = np.broadcast_to(np.asarray(scale, np.float32), (dim,)).copy()
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        raise ValueError(f"latent scale must be finite and positive, got {scale}")
+    if jax.process_index() == 0:
+        write_json_atomic(
+            resolve(workdir) / LATENT_SCALE_FILE,
+            {"scale": [float(v) for v in scale], "weights_fingerprint": tokenizer.weights_digest,
+             "step": tokenizer.step, "ema": tokenizer.ema},
+        )  # fmt: skip
+    return scale
+
+
+def read_latent_scale(tokenizer: LoadedTokenizer) -> np.ndarray | None:
+    """The scale stored with ``tokenizer`` (None when its workdir has none); a scale measured
+    on other weights (another step, raw params instead of EMA) is an error."""
+    if tokenizer.workdir is None:
+        return None
+    stored = read_json(resolve(tokenizer.workdir) / LATENT_SCALE_FILE)
+    if stored is None:
+        return None
+    if stored.get("weights_fingerprint") != tokenizer.weights_digest:
+        raise ValueError(
+            f"{tokenizer.workdir}/{LATENT_SCALE_FILE} was measured on other weights (step "
+            f"{stored.get('step')}, ema={stored.get('ema')}) than the ones loaded (step "
+            f"{tokenizer.step}, ema={tokenizer.ema}); pass latent_scale= explicitly or rewrite it "
+            "with write_latent_scale"
+        )
+    scale = np.asarray(stored["scale"], np.float32)
+    if scale.shape != (tokenizer.latent_dim,):
+        raise ValueError(f"{LATENT_SCALE_FILE}: expected {tokenizer.latent_dim} scales: {scale}")
+    return scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +129,22 @@ class LoadedTokenizer:
     workdir: str | None = None  # resolved (absolute path or URL) when loaded from a workdir
     step: int | None = None
     ema: bool = True  # EMA weights (when the checkpoint has them) rather than raw params
+    # Continuous (kl) tokenizers: per-channel factor applied to latents after encoding (and
+    # undone before decoding); None = 1.
+    latent_scale: np.ndarray | None = None
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """sha256 of the config, image shape and every weight: equal iff same tokenizer."""
+        """sha256 of the config, image shape, every weight and the latent scale: equal iff
+        the same tokenizer."""
+        if self.latent_scale is None:
+            return self.weights_digest
+        scale = [float(v) for v in np.asarray(self.latent_scale).reshape(-1)]
+        return hashlib.sha256(json.dumps([self.weights_digest, scale]).encode()).hexdigest()
+
+    @functools.cached_property
+    def weights_digest(self) -> str:
+        """sha256 of the config, image shape and every weight."""
         digest = hashlib.sha256()
         head = [dataclasses.asdict(self.config), self.image_size, self.channels]
         digest.update(json.dumps(head, sort_keys=True, default=str).encode())
@@ -91,25 +172,43 @@ class LoadedTokenizer:
     def num_tokens(self) -> int:
         return flat_length(self.config, self.image_size)
 
+    @property
+    def latent_dim(self) -> int:
+        """Channels of one token's latent (continuous tokenizers: the float token size)."""
+        return self.config.latent_dim
+
+    @property
+    def encode_scale(self) -> jax.Array:
+        scale = 1.0 if self.latent_scale is None else self.latent_scale
+        return jnp.broadcast_to(jnp.asarray(scale, jnp.float32), (self.latent_dim,))
+
     def encode(self, images: jax.Array) -> jax.Array:
-        """Images float [B,H,W,C] in [-1,1] -> flat codes (``jaxar.recipes.codes``)."""
-        return _encode(self.module, self.variables, jnp.asarray(images, jnp.float32))
+        """Images float [B,H,W,C] in [-1,1] -> flat codes (``jaxar.recipes.codes``); for a
+        continuous tokenizer float32 latents [B, h*w, D] times ``latent_scale``."""
+        codes = _encode(self.module, self.variables, jnp.asarray(images, jnp.float32))
+        return codes * self.encode_scale if self.config.continuous else codes
 
     def decode(self, flat_codes: jax.Array) -> jax.Array:
-        """Flat codes -> images float [B,H,W,C] in [-1,1]. Traceable (usable inside jit)."""
+        """Flat codes (scaled latents) -> images float [B,H,W,C] in [-1,1]. Traceable."""
+        if self.config.continuous:
+            flat_codes = jnp.asarray(flat_codes, jnp.float32) / self.encode_scale
         codes = unflatten_codes(flat_codes, self.config, self.image_size)
         return self.module.apply(self.variables, codes, method=Tokenizer.decode_codes)
 
     def decode_uint8(self, flat_codes: Any) -> np.ndarray:
-        """Flat codes -> uint8 images [B,H,W,C] on the host, through one compiled decoder."""
-        codes = jnp.asarray(flat_codes, jnp.int32)
+        """Flat codes (or scaled latents) -> uint8 images [B,H,W,C] on the host, through one
+        compiled decoder."""
+        if self.config.continuous:
+            codes = jnp.asarray(flat_codes, jnp.float32) / self.encode_scale
+        else:
+            codes = jnp.asarray(flat_codes, jnp.int32)
         return np.asarray(jax.device_get(_decode_uint8(self.module, self.image_size,
                                                        self.variables, codes)))  # fmt: skip
 
     def code_embeddings(self) -> jax.Array:
         """The latent vector of every code id, [vocab_size, latent_dim] (single-code
         quantizers: vq, fsq, lfq, ibq); what LANTERN / GSD measure neighbourhoods in."""
-        if self.config.quantizer in ("rq", "msvq"):
+        if self.config.quantizer in ("rq", "msvq", "kl"):
             raise ValueError(
                 f"code_embeddings needs a single-code quantizer, not {self.config.quantizer!r}"
             )
@@ -138,9 +237,16 @@ def _reconstruct(module: Tokenizer, variables: dict, images: jax.Array) -> jax.A
     return module.apply(variables, codes, method=Tokenizer.decode_codes)
 
 
-def load_tokenizer(workdir: str | os.PathLike, use_ema: bool = True, step: int | None = None):
+def load_tokenizer(
+    workdir: str | os.PathLike, use_ema: bool = True, step: int | None = None,
+    latent_scale: Any = True,
+) -> LoadedTokenizer:  # fmt: skip
     """Restores a tokenizer trained by ``train_tokenizer`` (EMA weights when present), on this
-    process's first device (every process of a multi-host run loads its own copy)."""
+    process's first device (every process of a multi-host run loads its own copy).
+
+    ``latent_scale`` (continuous tokenizers): True reads ``latent_scale.json`` from the workdir
+    (none there: scale 1, with a warning), False leaves latents unscaled, a float or [D] values
+    set it."""
     workdir = resolve(workdir)
     local = Mesh(np.asarray(jax.local_devices()[:1]), ("replica",))
     restored, config = restore_for_eval(workdir, mesh=local, step=step)
@@ -150,10 +256,23 @@ def load_tokenizer(workdir: str | os.PathLike, use_ema: bool = True, step: int |
     params = restored["ema_params"] if has_ema else restored["params"]
     variables = {"params": params["model"], **(restored.get("model_state") or {})}
     data = config["data"]
-    return LoadedTokenizer(
+    tokenizer = LoadedTokenizer(
         tokenizer_config_from(config["tokenizer"]), variables, data["image_size"], data["channels"],
         workdir=os.fspath(workdir), step=int(restored["step"]), ema=has_ema,
     )  # fmt: skip
+    if not tokenizer.config.continuous or latent_scale is False:
+        return tokenizer
+    if latent_scale is True:
+        scale = read_latent_scale(tokenizer)
+        if scale is None:
+            warnings.warn(
+                f"{workdir} has no {LATENT_SCALE_FILE}: latents are unscaled", stacklevel=2
+            )
+            return tokenizer
+    else:
+        dim = tokenizer.latent_dim
+        scale = np.broadcast_to(np.asarray(latent_scale, np.float32), (dim,)).copy()
+    return dataclasses.replace(tokenizer, latent_scale=scale)
 
 
 def _image_batches(images: Any, batch_size: int) -> Iterator[np.ndarray]:
@@ -167,31 +286,47 @@ def _image_batches(images: Any, batch_size: int) -> Iterator[np.ndarray]:
 
 
 def encode_arrays(tokenizer: LoadedTokenizer, images: np.ndarray, batch_size: int = 256):
-    """Flat codes (numpy int32) of a small in-memory ``images`` float [N,H,W,C] in [-1,1].
+    """Flat codes (numpy int32; float32 latents for a continuous tokenizer) of a small
+    in-memory ``images`` float [N,H,W,C] in [-1,1].
 
     Large splits are encoded to disk with ``jaxar.recipes.extraction.extract_codes``."""
     out = [np.asarray(tokenizer.encode(b)) for b in _image_batches(images, batch_size)]
-    return np.concatenate(out).astype(np.int32)
+    return np.concatenate(out).astype(np.float32 if tokenizer.config.continuous else np.int32)
 
 
 def evaluate_tokenizer(tokenizer: LoadedTokenizer, images: Any, batch_size: int = 256):
-    """PSNR and SSIM (on images mapped to [0, 1]) and codebook usage / perplexity.
+    """PSNR and SSIM (on images mapped to [0, 1]) and codebook usage / perplexity (continuous
+    tokenizers: the mean and std of the scaled latents instead).
 
     ``images``: float [N,H,W,C] in [-1,1], or an iterable of such batches (or of
     ``{"image": ...}`` dicts, e.g. ``jaxar.recipes.images.image_batches``), streamed: only
     per-image sums and code counts are kept."""
-    counts = np.zeros(tokenizer.vocab_size, np.float64)
+    continuous = tokenizer.config.continuous
+    counts = np.zeros(1 if continuous else tokenizer.vocab_size, np.float64)
+    moments = np.zeros(3, np.float64)  # count, sum, sum of squares of the scaled latents
     psnr_sum = ssim_sum = 0.0
     num_images = 0
     for batch in _image_batches(images, batch_size):
         recon = np.asarray(tokenizer.reconstruct(batch))
         codes = np.asarray(tokenizer.encode(batch)).reshape(-1)
-        counts += np.bincount(codes, minlength=tokenizer.vocab_size)
+        if continuous:
+            codes = codes.astype(np.float64)
+            moments += [codes.size, codes.sum(), np.square(codes).sum()]
+        else:
+            counts += np.bincount(codes, minlength=tokenizer.vocab_size)
         psnr_sum += float(np.sum(psnr((batch + 1) / 2, (recon + 1) / 2)))
         ssim_sum += float(np.sum(ssim((batch + 1) / 2, (recon + 1) / 2)))
         num_images += len(batch)
     if num_images == 0:
         raise ValueError("evaluate_tokenizer got no images")
+    if continuous:
+        mean = moments[1] / moments[0]
+        return {
+            "psnr": psnr_sum / num_images, "ssim": ssim_sum / num_images,
+            "latent_mean": float(mean),
+            "latent_std": float(np.sqrt(max(moments[2] / moments[0] - mean**2, 0.0))),
+            "num_images": num_images,
+        }  # fmt: skip
     probs = counts / counts.sum()
     nonzero = probs[probs > 0]
     return {

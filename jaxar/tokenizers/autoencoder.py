@@ -26,8 +26,10 @@ from jaxar.quantizers import QUANTIZERS, QuantizerOutput
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
-    """Hyperparameters of a conv tokenizer. ``quantizer`` is one of vq, rq, msvq, fsq, lfq, ibq;
-    the fields after it configure the chosen quantizer (others are ignored)."""
+    """Hyperparameters of a conv tokenizer. ``quantizer`` is one of vq, rq, msvq, fsq, lfq, ibq,
+    or kl (a continuous tokenizer: a diagonal Gaussian bottleneck whose latents are float
+    vectors of ``code_dim``); the fields after it configure the chosen quantizer (others are
+    ignored)."""
 
     image_channels: int = 3
     ch: int = 128
@@ -52,6 +54,10 @@ class TokenizerConfig:
     num_phi: int = 4
     fsq_levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)
     quant_conv_kernel: int = 1  # quant_conv / post_quant_conv size (VAR's VQVAE: 3)
+    kl_weight: float = 1e-6  # kl: weight of the per-element KL (see jaxar.quantizers.gaussian)
+    sample_latents: bool = True  # kl: decode posterior samples in training (else the means)
+    double_z: bool = True  # kl: the encoder's conv_out gives 2 * z_channels (LDM)
+    decoder_attn: bool = True  # attention in the decoder's lowest level (LDM's KL-16: False)
 
     def __post_init__(self):
         if self.quantizer not in QUANTIZERS:
@@ -69,13 +75,33 @@ class TokenizerConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
     @property
+    def continuous(self) -> bool:
+        """Whether tokens are float latent vectors (kl) rather than code ids."""
+        return self.quantizer == "kl"
+
+    @property
     def latent_dim(self) -> int:
-        """Channels entering the quantizer."""
+        """Channels of one quantized latent (the decoder's input; a continuous token's size)."""
         return len(self.fsq_levels) if self.quantizer == "fsq" else self.code_dim
+
+    @property
+    def moments_dim(self) -> int:
+        """Channels entering the quantizer (``quant_conv``'s output): 2 * code_dim for kl."""
+        return 2 * self.code_dim if self.continuous else self.latent_dim
+
+    @property
+    def encoder_channels(self) -> int:
+        """Channels of the encoder's output (2 * z_channels for kl with double_z)."""
+        return 2 * self.z_channels if self.continuous and self.double_z else self.z_channels
 
     @property
     def vocab_size(self) -> int:
         """Number of distinct codes per token."""
+        if self.continuous:
+            raise ValueError(
+                "a continuous (kl) tokenizer has no code vocabulary: its tokens are float "
+                f"latents of {self.code_dim} channels; train a continuous-token family (mar)"
+            )
         if self.quantizer == "fsq":
             size = 1
             for level in self.fsq_levels:
@@ -84,7 +110,8 @@ class TokenizerConfig:
         return 2**self.code_dim if self.quantizer == "lfq" else self.codebook_size
 
     def code_shape(self, image_size: int) -> tuple:
-        """Shape of one image's codes: (h, w); (h, w, depth) for rq; ((s, s), ...) for msvq."""
+        """Shape of one image's codes: (h, w); (h, w, depth) for rq; ((s, s), ...) for msvq;
+        (h, w, code_dim) float latents for kl."""
         if image_size % self.downsample_factor:
             raise ValueError(
                 f"image size {image_size} is not divisible by the downsampling factor "
@@ -93,6 +120,8 @@ class TokenizerConfig:
         h = image_size // self.downsample_factor
         if self.quantizer == "rq":
             return (h, h, self.rq_depth)
+        if self.continuous:
+            return (h, h, self.code_dim)
         if self.quantizer == "msvq":
             if self.scales[-1] != h:
                 raise ValueError(f"msvq: last scale {self.scales[-1]} != latent size {h}")
@@ -121,6 +150,10 @@ def make_quantizer(cfg: TokenizerConfig, name: str = "quantizer") -> nn.Module:
         )  # fmt: skip
     if q == "fsq":
         return QUANTIZERS[q](levels=cfg.fsq_levels, name=name)
+    if q == "kl":
+        return QUANTIZERS[q](
+            code_dim=d, kl_weight=cfg.kl_weight, sample_latents=cfg.sample_latents, name=name
+        )
     if q == "lfq":
         return QUANTIZERS[q](
             code_dim=d, beta=cfg.beta, entropy_weight=cfg.entropy_weight,
@@ -175,6 +208,7 @@ class Decoder(nn.Module):
     out_channels: int
     norm_groups: int = 32
     dropout: float = 0.0
+    attn: bool = True  # AttnBlocks in the lowest-resolution level (not in LDM's KL decoders)
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool = False, return_features: bool = False):
@@ -189,7 +223,7 @@ class Decoder(nn.Module):
                 h = ResnetBlock(self.ch * mult, g, self.dropout, name=f"conv_blocks_{i}_res_{j}")(
                     h, train
                 )
-                if i == 0:
+                if i == 0 and self.attn:
                     h = AttnBlock(g, name=f"conv_blocks_{i}_attn_{j}")(h)
             if i != levels - 1:
                 h = Upsample(name=f"conv_blocks_{i}_upsample")(h)
@@ -216,15 +250,16 @@ class Tokenizer(nn.Module):
     def setup(self):
         c = self.config
         self.encoder = Encoder(
-            c.ch, c.ch_mult, c.num_res_blocks, c.z_channels, c.norm_groups, c.dropout
+            c.ch, c.ch_mult, c.num_res_blocks, c.encoder_channels, c.norm_groups, c.dropout
         )
         k = c.quant_conv_kernel
-        self.quant_conv = conv(c.latent_dim, k, padding=k // 2, shard_out=False)
+        self.quant_conv = conv(c.moments_dim, k, padding=k // 2, shard_out=False)
         self.quantizer = make_quantizer(c)
         self.post_quant_conv = conv(c.z_channels, k, padding=k // 2)
         self.decoder = Decoder(
-            c.ch, c.ch_mult, c.num_res_blocks, c.image_channels, c.norm_groups, c.dropout
-        )
+            c.ch, c.ch_mult, c.num_res_blocks, c.image_channels, c.norm_groups, c.dropout,
+            attn=c.decoder_attn,
+        )  # fmt: skip
 
     def _check_images(self, images: jax.Array) -> None:
         c = self.config
@@ -244,7 +279,7 @@ class Tokenizer(nn.Module):
             raise ValueError(f"Tokenizer: msvq needs images of size {c.scales[-1] * f}")
 
     def encode(self, images: jax.Array, train: bool = False) -> jax.Array:
-        """Images [B, H, W, C] -> pre-quantization latents [B, h, w, latent_dim]."""
+        """Images [B, H, W, C] -> pre-quantization latents [B, h, w, moments_dim]."""
         self._check_images(images)
         return self.quant_conv(self.encoder(images, train))
 
@@ -264,7 +299,8 @@ class Tokenizer(nn.Module):
         return features, out
 
     def encode_to_codes(self, images: jax.Array) -> Any:
-        """Images [B, H, W, C] -> codes (int32 [B, h, w]; see ``TokenizerConfig.code_shape``)."""
+        """Images [B, H, W, C] -> codes (int32 [B, h, w]; see ``TokenizerConfig.code_shape``;
+        kl: the posterior means, float32 [B, h, w, code_dim])."""
         return self.quantizer.encode_to_codes(self.encode(images))
 
     def decode_codes(self, codes: Any) -> jax.Array:
@@ -316,6 +352,15 @@ PRESETS: dict[str, TokenizerConfig] = {
     "digits_fsq": TokenizerConfig(**_DIGITS, quantizer="fsq", fsq_levels=(8, 6, 5)),
     "digits_lfq": TokenizerConfig(**_DIGITS, quantizer="lfq", entropy_weight=0.1),
     "digits_ibq": TokenizerConfig(**_DIGITS, quantizer="ibq", entropy_weight=0.1),
+    # MAR's KL-16 VAE (LDM AutoencoderKL, kl16.ckpt): 16-channel latents at 16x downsampling;
+    # attention only in the encoder's lowest level and the mid blocks.
+    "kl16": TokenizerConfig(
+        z_channels=16, quantizer="kl", code_dim=16, double_z=True, decoder_attn=False
+    ),
+    # A continuous tokenizer for 16x16 grey digits: 8x8 latents of 4 channels.
+    "digits_kl": TokenizerConfig(
+        **{**_DIGITS, "code_dim": 4}, quantizer="kl", kl_weight=1e-6, decoder_attn=False
+    ),
 }
 
 
