@@ -166,7 +166,7 @@ def infer_mar_config(
     found.update(latent_dim=latent_dim, patch_size=p, latent_grid=side * p)
     for name, value in overrides.items():
         if name in found and found[name] != value:
-            raise ValueError(f"{name}={value!r} disagrees with the weights, which have {found[name]}")
+            raise ValueError(f"{name}={value!r} disagrees with the weights: {found[name]}")
     return dataclasses.replace(base, **{**found, **overrides})
 
 
