@@ -156,3 +156,25 @@ def test_checkpoint_last_prefers_model_ema(tmp_path, cfg, state):
     torch.save({"optimizer": ckpt["optimizer"]}, tmp_path / "opt.pth")
     with pytest.raises(ValueError, match="found no weights"):
         convert.read_mar_weights(tmp_path / "opt.pth")
+
+
+def tokenizer_workdir(path: Path, **fields) -> Path:
+    """A randomly initialised tiny tokenizer as a converted-tokenizer workdir: 16 px images,
+    8x8 latents of 4 channels (the golden MAR's grid)."""
+    from jaxar.convert.workdir import tokenizer_config, write_workdir
+    from jaxar.tokenizers.autoencoder import Tokenizer, TokenizerConfig
+
+    tok = TokenizerConfig(ch=8, ch_mult=(1, 1), num_res_blocks=1, z_channels=4, norm_groups=4,
+                          code_dim=4, codebook_size=16, **fields)  # fmt: skip
+    params = Tokenizer(tok).init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
+    write_workdir(path, {"model": params["params"]}, tokenizer_config(tok, 16, {"test": True}))
+    return path
+
+
+def test_workdir_needs_a_continuous_tokenizer(tmp_path):
+    vq = tokenizer_workdir(tmp_path / "vq", quantizer="vq")
+    with pytest.raises(ValueError, match="continuous.*quantizer 'vq'"):
+        convert.main(["--mar", str(WEIGHTS), "--workdir", str(tmp_path / "gen"),
+                      "--tokenizer-workdir", str(vq), "--encoder-heads", "4",
+                      "--decoder-heads", "2"])  # fmt: skip
+    assert not (tmp_path / "gen").exists()
