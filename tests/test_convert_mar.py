@@ -178,3 +178,34 @@ def test_workdir_needs_a_continuous_tokenizer(tmp_path):
                       "--tokenizer-workdir", str(vq), "--encoder-heads", "4",
                       "--decoder-heads", "2"])  # fmt: skip
     assert not (tmp_path / "gen").exists()
+
+
+def test_workdir_holds_the_converted_model(tmp_path, monkeypatch, golden):
+    """write_mar_workdir's checkpoint and config, read back and run (the tokenizer is a
+    stand-in with a continuous config: what load_generator needs of it is tested with the KL
+    tokenizer itself)."""
+    import types
+
+    from jaxar.recipes import tokenizer as tokenizer_recipes
+    from jaxar.recipes.config import dataclass_from
+    from jaxar.train.checkpoint import restore_for_eval
+
+    tok_cfg = types.SimpleNamespace(continuous=True, quantizer="kl", code_dim=4,
+                                    code_shape=lambda size: (size // 2, size // 2))  # fmt: skip
+    stand_in = types.SimpleNamespace(config=tok_cfg, image_size=16)
+    monkeypatch.setattr(tokenizer_recipes, "load_tokenizer", lambda path: stand_in)
+    cfg = convert.write_mar_workdir(WEIGHTS, tmp_path / "gen", tmp_path / "tok", **HEADS)
+    restored, config = restore_for_eval(tmp_path / "gen")
+    assert config["model"]["family"] == "mar" and config["data"]["image_size"] == 16
+    assert config["tokenizer_workdir"] == str((tmp_path / "tok").resolve())
+    assert config["sampling"] == {**convert.SAMPLING_DEFAULTS, "cfg_scale": 2.9}
+    assert config["converted_from"]["weights"] == "the top-level state dict"
+    stored = dataclass_from(type(cfg), {k: v for k, v in config["model"].items() if k != "family"})
+    assert stored == cfg and cfg.patch_size == 2 and not cfg.scan_layers
+    z = forward(cfg, restored["params"], golden, "mask")
+    assert rel_err(z, golden["z"]) < 1e-4
+    with pytest.raises(FileExistsError):
+        convert.write_mar_workdir(WEIGHTS, tmp_path / "gen", tmp_path / "tok", **HEADS)
+    stand_in.image_size = 32  # 16x16 latents: not the model's 8x8 grid
+    with pytest.raises(ValueError, match="8x8 latent grid, the tokenizer.*16x16 at 32 px"):
+        convert.write_mar_workdir(WEIGHTS, tmp_path / "gen2", tmp_path / "tok", **HEADS)
