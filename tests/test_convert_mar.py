@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -158,7 +159,7 @@ def test_checkpoint_last_prefers_model_ema(tmp_path, cfg, state):
         convert.read_mar_weights(tmp_path / "opt.pth")
 
 
-def tokenizer_workdir(path: Path, **fields) -> Path:
+def tokenizer_workdir(path: Path, image_size: int = 16, **fields) -> Path:
     """A randomly initialised tiny tokenizer as a converted-tokenizer workdir: 16 px images,
     8x8 latents of 4 channels (the golden MAR's grid)."""
     from jaxar.convert.workdir import tokenizer_config, write_workdir
@@ -166,8 +167,10 @@ def tokenizer_workdir(path: Path, **fields) -> Path:
 
     tok = TokenizerConfig(ch=8, ch_mult=(1, 1), num_res_blocks=1, z_channels=4, norm_groups=4,
                           code_dim=4, codebook_size=16, **fields)  # fmt: skip
-    params = Tokenizer(tok).init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
-    write_workdir(path, {"model": params["params"]}, tokenizer_config(tok, 16, {"test": True}))
+    images = np.zeros((1, image_size, image_size, 3), np.float32)
+    params = nn.unbox(Tokenizer(tok).init(jax.random.key(0), images)["params"])
+    config = tokenizer_config(tok, image_size, {"test": True})
+    write_workdir(path, {"model": params}, config)
     return path
 
 
@@ -180,32 +183,31 @@ def test_workdir_needs_a_continuous_tokenizer(tmp_path):
     assert not (tmp_path / "gen").exists()
 
 
-def test_workdir_holds_the_converted_model(tmp_path, monkeypatch, golden):
-    """write_mar_workdir's checkpoint and config, read back and run (the tokenizer is a
-    stand-in with a continuous config: what load_generator needs of it is tested with the KL
-    tokenizer itself)."""
-    import types
+def test_workdir_holds_the_converted_model(tmp_path, golden):
+    """write_mar_workdir over a real (tiny, random) KL tokenizer workdir: load_generator
+    rebuilds the model, its params reproduce the golden z, and one sampler call gives float
+    latents decoded to uint8 images."""
+    from jaxar.recipes.generator import load_generator
+    from jaxar.recipes.tokenizer import write_latent_scale
 
-    from jaxar.recipes import tokenizer as tokenizer_recipes
-    from jaxar.recipes.config import dataclass_from
-    from jaxar.train.checkpoint import restore_for_eval
-
-    tok_cfg = types.SimpleNamespace(continuous=True, quantizer="kl", code_dim=4,
-                                    code_shape=lambda size: (size // 2, size // 2))  # fmt: skip
-    stand_in = types.SimpleNamespace(config=tok_cfg, image_size=16)
-    monkeypatch.setattr(tokenizer_recipes, "load_tokenizer", lambda path: stand_in)
-    cfg = convert.write_mar_workdir(WEIGHTS, tmp_path / "gen", tmp_path / "tok", **HEADS)
-    restored, config = restore_for_eval(tmp_path / "gen")
+    tok = tokenizer_workdir(tmp_path / "tok", quantizer="kl")
+    write_latent_scale(tok, 0.5)
+    cfg = convert.write_mar_workdir(WEIGHTS, tmp_path / "gen", tok, **HEADS)
+    gen = load_generator(tmp_path / "gen")
+    config = gen.config
     assert config["model"]["family"] == "mar" and config["data"]["image_size"] == 16
-    assert config["tokenizer_workdir"] == str((tmp_path / "tok").resolve())
+    assert config["tokenizer_workdir"] == str(tok.resolve())
     assert config["sampling"] == {**convert.SAMPLING_DEFAULTS, "cfg_scale": 2.9}
     assert config["converted_from"]["weights"] == "the top-level state dict"
-    stored = dataclass_from(type(cfg), {k: v for k, v in config["model"].items() if k != "family"})
-    assert stored == cfg and cfg.patch_size == 2 and not cfg.scan_layers
-    z = forward(cfg, restored["params"], golden, "mask")
+    assert gen.model_config == cfg and cfg.patch_size == 2 and not cfg.scan_layers
+    np.testing.assert_allclose(gen.tokenizer.latent_scale, [0.5] * 4)
+    z = forward(cfg, gen.params, golden, "mask")
     assert rel_err(z, golden["z"]) < 1e-4
+    out = gen.sample([1, 3], 0, num_iter=2, num_sampling_steps=2)
+    assert out.codes.shape == (2, 64, 4) and np.issubdtype(out.codes.dtype, np.floating)
+    assert out.images.shape == (2, 16, 16, 3) and out.images.dtype == np.uint8
     with pytest.raises(FileExistsError):
-        convert.write_mar_workdir(WEIGHTS, tmp_path / "gen", tmp_path / "tok", **HEADS)
-    stand_in.image_size = 32  # 16x16 latents: not the model's 8x8 grid
+        convert.write_mar_workdir(WEIGHTS, tmp_path / "gen", tok, **HEADS)
+    big = tokenizer_workdir(tmp_path / "tok32", 32, quantizer="kl")  # 16x16 latents
     with pytest.raises(ValueError, match="8x8 latent grid, the tokenizer.*16x16 at 32 px"):
-        convert.write_mar_workdir(WEIGHTS, tmp_path / "gen2", tmp_path / "tok", **HEADS)
+        convert.write_mar_workdir(WEIGHTS, tmp_path / "gen2", big, **HEADS)
