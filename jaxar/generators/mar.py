@@ -222,7 +222,7 @@ class MAR(nn.Module):
             cfg.encoder_depth, cfg.drop_path, num_heads=cfg.encoder_heads, **stack, **blocks
         )
         self.encoder_norm = layer_norm(cfg.norm_eps, "encoder_norm", dtype)
-        self.decoder_embed = xavier_dense(cfg.decoder_dim, ("embed", "embed"), "decoder_embed",
+        self.decoder_embed = xavier_dense(cfg.decoder_dim, ("embed", "mlp"), "decoder_embed",
                                           dtype)  # fmt: skip
         self.mask_token = self.param("mask_token", _normal(0.02, (None, None, "embed")),
                                      (1, 1, cfg.decoder_dim))  # fmt: skip
