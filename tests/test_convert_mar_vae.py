@@ -118,3 +118,21 @@ def test_bad_keys_and_shapes_are_named(state):
         mar_vae.convert_state_dict(wrong, CFG)
     with pytest.raises(ValueError, match="does not match"):
         mar_vae.convert_state_dict(state, TokenizerConfig(**{**CFG.__dict__, "num_res_blocks": 1}))
+
+
+def test_cli_writes_flat_params(tmp_path, state):
+    from jaxar.convert.llamagen_vq import load_flat_params
+
+    with pytest.raises(SystemExit):  # --workdir or --out, not both
+        mar_vae.main(["--vae", CKPT, "--workdir", str(tmp_path / "w"), "--out", "x.safetensors"])
+    out = str(tmp_path / "p.safetensors")
+    mar_vae.main(["--vae", CKPT, "--out", out, "--norm-groups", "4"])
+    params = load_flat_params(out)
+    np.testing.assert_array_equal(
+        params["decoder"]["conv_blocks_0_upsample"]["conv"]["bias"],
+        state["decoder.up.1.upsample.conv.bias"],
+    )
+    np.testing.assert_array_equal(
+        params["encoder"]["conv_blocks_1_attn_1"]["q"]["kernel"],
+        np.transpose(state["encoder.down.1.attn.1.q.weight"], (2, 3, 1, 0)),
+    )

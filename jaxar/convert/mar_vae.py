@@ -21,8 +21,9 @@ MAR feeds its generator ``posterior.sample() * 0.2325`` (``vae_embed_dim=16``,
 ``load_tokenizer(W).encode`` returns ``mean * scale`` (eval: the posterior mean).
 
 CLI: ``python -m jaxar.convert.mar_vae --vae kl16.ckpt --workdir W [--image-size 256]
-[--latent-scale 0.2325]`` writes a tokenizer workdir; ``--out kl16.safetensors`` writes the
-params as flat ``a/b/c`` keys instead (read back with ``llamagen_vq.load_flat_params``).
+[--latent-scale 0.2325] [--norm-groups 32]`` writes a tokenizer workdir; ``--out
+kl16.safetensors`` writes the params as flat ``a/b/c`` keys instead (read back with
+``llamagen_vq.load_flat_params``).
 """
 
 from __future__ import annotations
@@ -159,16 +160,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=256, help="images the workdir encodes")
     parser.add_argument("--latent-scale", type=float, default=MAR_LATENT_SCALE)
     parser.add_argument("--out", help="or: write the params as one .safetensors file")
+    parser.add_argument("--norm-groups", type=int, help="GroupNorm groups (LDM, MAR: 32)")
     args = parser.parse_args(argv)
+    fields = {} if args.norm_groups is None else {"norm_groups": args.norm_groups}
     if bool(args.workdir) == bool(args.out):
         parser.error("pass exactly one of --workdir or --out")
     if args.workdir:
-        cfg = write_kl_workdir(args.vae, args.workdir, args.image_size, args.latent_scale)
+        cfg = write_kl_workdir(args.vae, args.workdir, args.image_size, args.latent_scale, **fields)
         print(f"wrote tokenizer workdir {args.workdir} (latent scale {args.latent_scale}): {cfg}")
         return
     from safetensors.numpy import save_file
 
-    flat = traverse_util.flatten_dict(load_mar_vae(args.vae), sep="/")
+    state = read_state_dict(args.vae)
+    params = convert_state_dict(state, infer_kl_config(state, **fields))
+    flat = traverse_util.flatten_dict(params, sep="/")
     save_file({k: np.asarray(v) for k, v in flat.items()}, args.out)
     print(f"wrote {len(flat)} arrays to {args.out}")
 
