@@ -136,3 +136,37 @@ def test_cli_writes_flat_params(tmp_path, state):
         params["encoder"]["conv_blocks_1_attn_1"]["q"]["kernel"],
         np.transpose(state["encoder.down.1.attn.1.q.weight"], (2, 3, 1, 0)),
     )
+
+
+def test_workdir_latents_and_round_trip(tmp_path, golden):
+    from jaxar.recipes.tokenizer import load_tokenizer
+
+    workdir = tmp_path / "kl"
+    assert mar_vae.write_kl_workdir(CKPT, workdir, 16, 0.2325, norm_groups=4) == CFG
+    tokenizer = load_tokenizer(workdir)
+    assert tokenizer.config == CFG and tokenizer.image_size == 16
+    latents = np.asarray(tokenizer.encode(golden["image"]))
+    assert latents.shape == (2, 64, 4)  # [B, h * w, code_dim]
+    assert rel_err(latents, 0.2325 * golden["mean"].reshape(2, 64, 4)) < 1e-4
+    images = tokenizer.decode(latents)
+    assert rel_err(images, np.clip(golden["decoded"], -1, 1)) < 1e-4
+    with pytest.raises(FileExistsError):  # nothing is overwritten
+        mar_vae.write_kl_workdir(CKPT, workdir, 16, 0.5, norm_groups=4)
+    np.testing.assert_allclose(np.asarray(load_tokenizer(workdir).encode(golden["image"])), latents)
+
+
+def test_workdir_per_channel_scale(tmp_path, golden):
+    from jaxar.recipes.tokenizer import load_tokenizer
+
+    scale = np.array([0.5, 1.0, 2.0, 4.0], np.float32)
+    mar_vae.main(
+        ["--vae", CKPT, "--workdir", str(tmp_path / "w"), "--image-size", "16",
+         "--norm-groups", "4", "--latent-scale", "1.0"]
+    )  # fmt: skip
+    tokenizer = load_tokenizer(tmp_path / "w")
+    assert rel_err(tokenizer.encode(golden["image"]), golden["mean"].reshape(2, 64, 4)) < 1e-4
+    mar_vae.write_kl_workdir(CKPT, tmp_path / "c", 16, scale, norm_groups=4)
+    tokenizer = load_tokenizer(tmp_path / "c")
+    latents = tokenizer.encode(golden["image"])
+    assert rel_err(latents, golden["mean"].reshape(2, 64, 4) * scale) < 1e-4
+    assert rel_err(tokenizer.decode(latents), np.clip(golden["decoded"], -1, 1)) < 1e-4
