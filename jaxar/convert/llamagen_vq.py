@@ -73,7 +73,7 @@ def _flax_path(key: str) -> tuple[str, ...]:
     if key == "quantize.embedding.weight":
         return ("quantizer", "codebook")
     *modules, leaf = key.split(".")
-    is_norm = "norm" in modules[-1]
+    is_norm = bool(modules) and "norm" in modules[-1]
     name = {"weight": "scale" if is_norm else "kernel", "bias": "bias"}.get(leaf)
     if name is None:
         raise ValueError(f"unexpected parameter {key!r}")
@@ -93,27 +93,36 @@ def convert_state_dict(state: dict[str, np.ndarray], cfg: TokenizerConfig) -> di
 
 def flat_conv_params(state: dict[str, np.ndarray]) -> dict[tuple[str, ...], jax.Array]:
     """LlamaGen-named conv autoencoder entries -> flat jaxar ``Tokenizer`` params."""
-    flat = {}
-    for key, value in state.items():
-        if key.startswith(_SKIP_PREFIXES):
-            continue
-        path = _flax_path(key)
-        flat[path] = jnp.asarray(_convert_value(path, np.asarray(value, np.float32)))
-    return flat
+    return dict(convert_entry(k, v) for k, v in state.items() if not k.startswith(_SKIP_PREFIXES))
 
 
-def checked_tokenizer_params(flat: dict, cfg: TokenizerConfig) -> dict:
-    """Flat params checked (names and shapes) against ``Tokenizer(cfg)`` -> nested params."""
+def convert_entry(key: str, value: np.ndarray) -> tuple[tuple[str, ...], jax.Array]:
+    """One LlamaGen-named entry -> (flat jaxar param path, float32 value in jaxar's layout)."""
+    path = _flax_path(key)
+    return path, jnp.asarray(_convert_value(path, np.asarray(value, np.float32)))
+
+
+def checked_tokenizer_params(
+    flat: dict, cfg: TokenizerConfig, sources: dict[tuple[str, ...], str] | None = None
+) -> dict:
+    """Flat params checked (names and shapes) against ``Tokenizer(cfg)`` -> nested params.
+    ``sources``: the checkpoint key each path came from, named in the errors."""
     size = (cfg.scales[-1] if cfg.quantizer == "msvq" else 2) * cfg.downsample_factor
     images = jax.ShapeDtypeStruct((1, size, size, cfg.image_channels), jnp.float32)
     expected = jax.eval_shape(lambda x: Tokenizer(cfg).init(jax.random.key(0), x), images)
     expected = traverse_util.flatten_dict(nn.unbox(expected["params"]))
-    missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
+    sources = sources or {}
+
+    def name(path):
+        return f"{sources[path]} (-> {'/'.join(path)})" if path in sources else "/".join(path)
+
+    missing = ["/".join(p) for p in sorted(set(expected) - set(flat))]
+    extra = [sources.get(p, "/".join(p)) for p in sorted(set(flat) - set(expected))]
     if missing or extra:
         raise ValueError(f"checkpoint does not match config: missing {missing}, unexpected {extra}")
     for path, value in flat.items():
         if tuple(expected[path].shape) != tuple(value.shape):
-            raise ValueError(f"{'/'.join(path)}: shape {value.shape} != {expected[path].shape}")
+            raise ValueError(f"{name(path)}: shape {value.shape} != {expected[path].shape}")
     return traverse_util.unflatten_dict(flat)
 
 

@@ -25,25 +25,13 @@ from collections.abc import Sequence
 import numpy as np
 from flax import traverse_util
 
+from jaxar.convert.ldm import count_indices, llamagen_key
 from jaxar.convert.llamagen_vq import checked_tokenizer_params, flat_conv_params
 from jaxar.convert.torch_io import read_weights
 from jaxar.convert.var import convert_vae_quantizer
 from jaxar.convert.workdir import tokenizer_config, write_workdir
 from jaxar.generators.var import scale_schedule
 from jaxar.tokenizers.autoencoder import TokenizerConfig, make_quantizer
-
-_RENAMES = (
-    (r"^encoder\.down\.(\d+)\.block\.", r"encoder.conv_blocks.\1.res."),
-    (r"^encoder\.down\.(\d+)\.attn\.", r"encoder.conv_blocks.\1.attn."),
-    (r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.conv_blocks.\1.downsample."),
-    (r"\.mid\.block_1\.", ".mid.0."),
-    (r"\.mid\.attn_1\.", ".mid.1."),
-    (r"\.mid\.block_2\.", ".mid.2."),
-)
-
-
-def _count(state: dict, pattern: str) -> int:
-    return len({m.group(1) for k in state if (m := re.match(pattern, k))})
 
 
 def infer_vqvae_config(
@@ -57,7 +45,7 @@ def infer_vqvae_config(
             raise ValueError(f"not a VAR VQVAE state dict: missing {key!r}")
     codebook_size, code_dim = state["quantize.embedding.weight"].shape
     ch, image_channels = state["encoder.conv_in.weight"].shape[:2]
-    levels = _count(state, r"encoder\.down\.(\d+)\.")
+    levels = count_indices(state, r"encoder\.down\.(\d+)\.")
     ch_mult = tuple(
         int(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch) for i in range(levels)
     )
@@ -74,11 +62,11 @@ def infer_vqvae_config(
         raise ValueError(f"last scale {scales[-1]} != latent size {image_size // downsample}")
     return TokenizerConfig(
         image_channels=int(image_channels), ch=int(ch), ch_mult=ch_mult,
-        num_res_blocks=_count(state, r"encoder\.down\.0\.block\.(\d+)\."),
+        num_res_blocks=count_indices(state, r"encoder\.down\.0\.block\.(\d+)\."),
         z_channels=int(state["encoder.conv_out.weight"].shape[0]), norm_groups=32,
         quantizer="msvq", codebook_size=int(codebook_size), code_dim=int(code_dim),
         l2_norm=False, scales=tuple(int(s) for s in scales), quant_resi=0.5,
-        num_phi=max(_count(state, r"quantize\.quant_resi\.qresi_ls\.(\d+)\."), 1),
+        num_phi=max(count_indices(state, r"quantize\.quant_resi\.qresi_ls\.(\d+)\."), 1),
         quant_conv_kernel=int(state["quant_conv.weight"].shape[-1]),
     )  # fmt: skip
 
@@ -90,16 +78,7 @@ def llamagen_names(state: dict[str, np.ndarray], levels: int) -> dict[str, np.nd
     for key, value in state.items():
         if key.startswith("quantize."):
             continue
-        for pattern, repl in _RENAMES:
-            key = re.sub(pattern, repl, key)
-        key = re.sub(
-            r"^decoder\.up\.(\d+)\.(block|attn|upsample)",
-            lambda m: (
-                f"decoder.conv_blocks.{levels - 1 - int(m.group(1))}."
-                + {"block": "res", "attn": "attn", "upsample": "upsample"}[m.group(2)]
-            ),
-            key,
-        )
+        key = llamagen_key(key, levels)
         if re.search(r"\.qkv\.(weight|bias)$", key):
             for name, part in zip("qkv", np.split(value, 3, axis=0)):
                 out[key.replace(".qkv.", f".{name}.")] = part
