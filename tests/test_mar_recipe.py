@@ -112,3 +112,20 @@ def test_mar_refuses_a_discrete_tokenizer(tmp_path_factory, tmp_path):
     folder, vq = codes_setup.shared_setup(tmp_path_factory)
     with pytest.raises(ValueError, match="MAR needs a continuous"):
         train_generator(mar_config(folder, vq), tmp_path / "mar")
+
+
+def test_aot_check_compiles_the_mar_train_step_from_a_continuous_token_spec():
+    import ml_collections
+
+    from jaxar.aot import compile_target
+    from jaxar.recipes.aot_target import generator_train_target
+
+    config = ml_collections.ConfigDict(codes_setup.generator_config("unused", "unused", 4))
+    config.model = dict(MODEL)
+    config.loss = dict()
+    config.tokens = dict(num_tokens=64, latent_dim=4)  # the digits KL tokenizer's 8x8 x 4
+    report = compile_target(generator_train_target(config), (2, 1, 1))
+    assert report.flops > 0 and report.device_count == 2
+    config.tokens = dict(num_tokens=64, vocab_size=256)  # a discrete spec: MAR refuses it
+    with pytest.raises(ValueError, match="MAR needs a continuous"):
+        generator_train_target(config)

@@ -1,16 +1,16 @@
 """MAR on the bundled digits, over a trained digits KL tokenizer (CPU, minutes).
 
 Usage:
-    python experiments/train_tokenizer.py --config experiments/configs/tokenizer_digits.py:kl \
+    python experiments/train_tokenizer.py --config jaxar/configs/tokenizer_digits.py:kl \
         --workdir runs/kl_digits
-    python experiments/train_generator.py --config experiments/configs/mar_digits.py \
+    python experiments/train_generator.py --config jaxar/configs/mar_digits.py \
         --workdir runs/mar_digits --set tokenizer_workdir=runs/kl_digits
     python experiments/judge_digits.py --workdir runs/mar_digits
 """
 
 import ml_collections
 
-STEPS = 4000
+STEPS = 5000
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -32,6 +32,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         optimizer=dict(learning_rate=1e-3, warmup_steps=200, total_steps=STEPS,
                        end_lr_ratio=0.1, weight_decay=0.02, b2=0.95, grad_clip_norm=3.0),
     )  # fmt: skip
-    c.sampling = dict(num_iter=16, num_sampling_steps=100, cfg_scale=2.0,
+    c.sampling = dict(num_iter=8, num_sampling_steps=100, cfg_scale=2.0,
                       cfg_schedule="linear", temperature=1.0)  # fmt: skip
     return c

@@ -10,6 +10,7 @@ Usage:
     python -m jaxar.convert.mar_vae --vae kl16.ckpt --workdir gs://BUCKET/kl16
     python experiments/train_generator.py --config experiments/configs/mar_imagenet.py:B \
         --workdir gs://BUCKET/mar_b --set tokenizer_workdir=gs://BUCKET/kl16
+    python experiments/aot_check.py --config jaxar/configs/mar_imagenet.py:B --data 64
 """
 
 import ml_collections
@@ -41,6 +42,7 @@ def get_config(arg: str = "B") -> ml_collections.ConfigDict:
         optimizer=dict(learning_rate=8e-4, warmup_steps=WARMUP, total_steps=STEPS,
                        end_lr_ratio=1.0, weight_decay=0.02, b2=0.95, grad_clip_norm=3.0),
     )  # fmt: skip
+    c.tokens = dict(num_tokens=256, latent_dim=16)  # KL-16 at 256 px, for aot_check.py only
     c.sampling = dict(num_iter=64, num_sampling_steps=100, cfg_scale=CFG[size],
                       cfg_schedule="linear", temperature=1.0)  # fmt: skip
     return c

@@ -146,10 +146,12 @@ MAR_CONFIGS: dict[str, MARConfig] = {
                        decoder_depth=20, decoder_heads=16, head_depth=12, head_width=1536,
                        **_RELEASE),
     # Bundled digits: 8x8 latents of the digits KL tokenizer, 10 classes (CPU, minutes).
-    "MAR-digits": MARConfig(latent_dim=4, latent_grid=8, encoder_dim=128, encoder_depth=3,
-                            encoder_heads=4, decoder_dim=128, decoder_depth=3, decoder_heads=4,
-                            num_classes=10, buffer_size=8, attn_dropout=0.0, proj_dropout=0.0,
-                            head_depth=3, head_width=256),
+    # 8x8 latents of 4 channels in 2x2 patches: 16 tokens of 16 values (CPU: ~0.3 s a step).
+    "MAR-digits": MARConfig(latent_dim=4, latent_grid=8, patch_size=2, encoder_dim=128,
+                            encoder_depth=3, encoder_heads=4, decoder_dim=128, decoder_depth=3,
+                            decoder_heads=4, num_classes=10, buffer_size=4, attn_dropout=0.0,
+                            proj_dropout=0.0, head_depth=3, head_width=256,
+                            diffusion_batch_mul=2),
     # Tests.
     "MAR-tiny": MARConfig(latent_dim=4, latent_grid=4, encoder_dim=32, encoder_depth=1,
                           encoder_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=2,

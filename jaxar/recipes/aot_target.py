@@ -1,7 +1,8 @@
 """The train step of a generator experiment config as an ahead-of-time compile target.
 
-No tokenizer checkpoint is needed: the config's ``tokens`` entry (``{vocab_size, num_tokens}``)
-stands in for it, so a pod-sized config can be checked on a laptop with fake devices.
+No tokenizer checkpoint is needed: the config's ``tokens`` entry (``{vocab_size, num_tokens}``,
+or ``{num_tokens, latent_dim}`` for a continuous tokenizer, e.g. MAR over KL-16) stands in for
+it, so a pod-sized config can be checked on a laptop with fake devices.
 """
 
 from __future__ import annotations
@@ -24,16 +25,30 @@ from jaxar.train.step import make_train_step
 
 @dataclasses.dataclass(frozen=True)
 class TokenSpec:
-    """What a generator needs to know of its tokenizer: code vocabulary and tokens per image."""
+    """What a generator needs to know of its tokenizer: code vocabulary and tokens per image
+    (continuous tokenizers: ``latent_dim`` channels per token and no vocabulary)."""
 
-    vocab_size: int
     num_tokens: int
+    vocab_size: int = 0
+    latent_dim: int = 0
+
+    @property
+    def continuous(self) -> bool:
+        return self.latent_dim > 0
+
+    def batch_codes(self, batch_size: int) -> jax.ShapeDtypeStruct:
+        if self.continuous:
+            return jax.ShapeDtypeStruct((batch_size, self.num_tokens, self.latent_dim), jnp.float32)
+        return jax.ShapeDtypeStruct((batch_size, self.num_tokens), jnp.int32)
 
 
 def generator_train_target(config: Any) -> AotTarget:
     """``AotTarget`` for ``train_step(state, batch, rng)`` of a generator config."""
     if "tokens" not in config:
-        raise ValueError("config needs tokens={vocab_size, num_tokens} for an AOT check")
+        raise ValueError(
+            "config needs tokens={vocab_size, num_tokens} (continuous: {num_tokens, "
+            "latent_dim}) for an AOT check"
+        )
     spec = TokenSpec(**as_dict(config.tokens))
     family = get_family(config.model.family)
     _, task = family.build(as_dict(config.model), spec, as_dict(config.get("loss")))
@@ -41,7 +56,7 @@ def generator_train_target(config: Any) -> AotTarget:
     optimizer = make_optimizer(train.optimizer)
     batch_size = config.data.batch_size
     batch = {
-        "codes": jax.ShapeDtypeStruct((batch_size, spec.num_tokens), jnp.int32),
+        "codes": spec.batch_codes(batch_size),
         "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
     }
     ema = train.ema_decay is not None

@@ -12,6 +12,7 @@ lazy so a family's modules load only when it is used.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -236,14 +237,15 @@ def _var_sampler(cfg, tokenizer, settings: dict) -> SamplerBody:
 def _mar_build(model: dict, tokenizer, loss: dict):
     from jaxar.generators.mar import MARConfig, make_mar_task, mar_config
 
-    tok = tokenizer.config
-    if not tok.continuous:
+    if not tokenizer.continuous:
         raise ValueError(
-            f"MAR needs a continuous (kl) tokenizer, got quantizer {tok.quantizer!r}: train one "
-            "with --config tokenizer_digits.py:kl or convert MAR's KL-16 VAE"
+            f"MAR needs a continuous (kl) tokenizer, got a discrete one ({tokenizer.vocab_size} "
+            "codes): train one with --config tokenizer_digits.py:kl or convert MAR's KL-16 VAE"
         )
-    grid = tokenizer.config.code_shape(tokenizer.image_size)[0]
-    derived = {"latent_dim": tok.code_dim, "latent_grid": grid}
+    grid = math.isqrt(tokenizer.num_tokens)
+    if grid * grid != tokenizer.num_tokens:
+        raise ValueError(f"MAR needs a square latent grid, got {tokenizer.num_tokens} tokens")
+    derived = {"latent_dim": tokenizer.latent_dim, "latent_grid": grid}
     cfg = _preset_config(model, mar_config, MARConfig, **derived)
     _check_matches_tokenizer("mar", cfg, derived)
     if loss:

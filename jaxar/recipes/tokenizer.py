@@ -173,6 +173,11 @@ class LoadedTokenizer:
         return flat_length(self.config, self.image_size)
 
     @property
+    def continuous(self) -> bool:
+        """Whether tokens are float latents (a kl tokenizer) rather than code ids."""
+        return self.config.continuous
+
+    @property
     def latent_dim(self) -> int:
         """Channels of one token's latent (continuous tokenizers: the float token size)."""
         return self.config.latent_dim
