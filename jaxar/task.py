@@ -12,6 +12,20 @@ from typing import Any
 
 import jax
 
+# Module names of the generators' transformer stacks (GPT, RandAR, MaskGIT: layers; VAR:
+# blocks; RQ: spatial_layers, depth_layers; MAR: encoder_blocks, decoder_blocks). Part of the
+# contract between models and training: scanned stacks (``jaxar.layers.scan``) stack their
+# params on a leading [num_layers] axis under these names, which the optimizer's ">= 2-D gets
+# weight decay" rule must not count (``jaxar.train.optimizer``).
+STACK_NAMES = (
+    "layers",
+    "blocks",
+    "spatial_layers",
+    "depth_layers",
+    "encoder_blocks",
+    "decoder_blocks",
+)
+
 Batch = dict[str, Any]
 Params = Any
 ModelState = Any

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from jaxar.generators import gpt, maskgit, randar, rq_transformer, var
+from jaxar.generators import gpt, mar, maskgit, randar, rq_transformer, var
 from jaxar.layers.caches import cache_slots, init_stack_cache, set_cache_index
 from jaxar.layers.scan import REMAT_POLICIES, stack_layer_params, unstack_layer_params
 from jaxar.sharding import DEFAULT_RULES, logical_to_sharding, make_mesh
@@ -410,12 +410,8 @@ def test_stacked_cache_helpers():
 
 
 def test_deep_presets_scan_and_small_ones_do_not():
-    from jaxar.layers.scan import STACK_NAMES
-    from jaxar.train.optimizer import SCANNED_STACK_NAMES
-
-    assert STACK_NAMES == SCANNED_STACK_NAMES
     presets = {**gpt.GPT_CONFIGS, **var.VAR_CONFIGS, **maskgit.MASKGIT_CONFIGS,
-               **randar.RANDAR_CONFIGS, **rq_transformer.RQ_CONFIGS}  # fmt: skip
+               **randar.RANDAR_CONFIGS, **rq_transformer.RQ_CONFIGS, **mar.MAR_CONFIGS}  # fmt: skip
     for name, cfg in presets.items():
         small = name.endswith(("tiny", "digits"))
         assert cfg.scan_layers is not small and cfg.remat_policy == "none", name

@@ -27,18 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxar.task import STACK_NAMES
+
 LAYERS_AXIS = "layers"  # the logical axis of a scanned stack's leading param dimension
-# The generators' stack names (GPT, RandAR, MaskGIT: layers; VAR: blocks; RQ: spatial_layers
-# and depth_layers; MAR: encoder_blocks, decoder_blocks); jaxar.train.optimizer's
-# SCANNED_STACK_NAMES repeats them.
-STACK_NAMES = (
-    "layers",
-    "blocks",
-    "spatial_layers",
-    "depth_layers",
-    "encoder_blocks",
-    "decoder_blocks",
-)
 
 REMAT_POLICIES: dict[str, Any] = {
     "none": None,

@@ -15,18 +15,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxar.task import STACK_NAMES
+
 # Parameter names that never get weight decay (biases and normalisation scales).
 NO_DECAY_NAMES = ("bias", "scale")
-# Module names of scanned transformer stacks (``scan_layers``, ``jaxar.layers.scan``): their
-# leaves carry a leading [num_layers] axis that does not count towards the ">= 2-D" rule.
-SCANNED_STACK_NAMES = (
-    "layers",
-    "blocks",
-    "spatial_layers",
-    "depth_layers",
-    "encoder_blocks",
-    "decoder_blocks",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +100,7 @@ def weight_decay_mask(params: Any) -> Any:
         if names and names[-1] == "value":  # leaf inside an nn.Partitioned box
             names = names[:-1]
         name = names[-1] if names else ""
-        stacked = any(n in SCANNED_STACK_NAMES for n in names[:-1])
+        stacked = any(n in STACK_NAMES for n in names[:-1])
         return jnp.ndim(leaf) - int(stacked) >= 2 and name not in NO_DECAY_NAMES
 
     return jax.tree_util.tree_map_with_path(decays, params)
