@@ -91,12 +91,18 @@ def test_tokenizer_roundtrip_uses_means_in_eval():
     cfg = get_preset("digits_kl")
     model = Tokenizer(cfg)
     images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 1), minval=-1, maxval=1)
-    variables = model.init({"params": jax.random.key(0), "quantizer": jax.random.key(1)}, images)
-    recon, out = model.apply(variables, images)
-    latents = model.apply(variables, images, method=Tokenizer.encode_to_codes)
+    init = jax.jit(lambda k: model.init({"params": k, "quantizer": k}, images))
+    variables = init(jax.random.key(0))
+
+    @jax.jit
+    def run(variables, images):
+        recon, out = model.apply(variables, images)
+        latents = model.apply(variables, images, method=Tokenizer.encode_to_codes)
+        return recon, out, latents, model.apply(variables, latents, method=Tokenizer.decode_codes)
+
+    recon, out, latents, decoded = run(variables, images)
     assert latents.shape == (2, 8, 8, 4) and latents.dtype == jnp.float32
     np.testing.assert_allclose(out.codes, latents, rtol=1e-6)
-    decoded = model.apply(variables, latents, method=Tokenizer.decode_codes)
     np.testing.assert_allclose(decoded, jnp.clip(recon, -1, 1), rtol=1e-5, atol=1e-5)
 
 

@@ -35,7 +35,8 @@ def params():
         n = tokens.shape[0] * tokens.shape[1]
         return module.head(tokens.reshape(n, -1), jnp.zeros((n,), jnp.int32), z.reshape(n, -1))
 
-    variables = model.init(jax.random.key(0), tokens, labels, mask, method=both)
+    init = jax.jit(lambda rng: model.init(rng, tokens, labels, mask, method=both))
+    variables = init(jax.random.key(0))
     # MAR zero-initialises the head's output layers; perturb every leaf so that all paths count
     leaves, tree = jax.tree.flatten(variables["params"])
     keys = jax.random.split(jax.random.key(1), len(leaves))
@@ -139,9 +140,9 @@ def test_loss_is_finite_and_trains_the_head_and_transformer(params):
         "codes": jnp.asarray(rng.normal(size=(4, CFG.latent_grid**2, CFG.latent_dim)), jnp.float32),
         "label": jnp.asarray([0, 1, 2, 3]),
     }
-    (loss, metrics), grads = jax.value_and_grad(
+    (loss, metrics), grads = jax.jit(jax.value_and_grad(
         lambda p: mar_loss(model, p, batch, jax.random.key(0)), has_aux=True
-    )(params)
+    ))(params)  # fmt: skip
     assert np.isfinite(float(loss)) and float(loss) > 0
     assert 0.7 <= float(metrics["mask_fraction"]) <= 1.0
     norms = {k: float(optax_norm(v)) for k, v in grads.items()}

@@ -1,6 +1,7 @@
 """MAR as a user reaches it: a KL tokenizer trained by ``train_tokenizer``, ``train_generator``
 over its extracted float latents, ``load_generator`` -> ``.sampler(...)``, CFG, and
-``experiments/sample.py``."""
+``experiments/sample.py``, the AOT check of its train step (which also shows MAR refusing a
+discrete tokenizer)."""
 
 from __future__ import annotations
 
@@ -106,14 +107,6 @@ def test_sample_script_reports_diffusion_head_calls(trained, tmp_path, capsys):
         script.main(["--workdir", str(workdir), "--out", str(tmp_path / "x"), "--top_k", "5"])
 
 
-def test_mar_refuses_a_discrete_tokenizer(tmp_path_factory, tmp_path):
-    from jaxar.recipes.generator import train_generator
-
-    folder, vq = codes_setup.shared_setup(tmp_path_factory)
-    with pytest.raises(ValueError, match="MAR needs a continuous"):
-        train_generator(mar_config(folder, vq), tmp_path / "mar")
-
-
 def test_aot_check_compiles_the_mar_train_step_from_a_continuous_token_spec():
     import ml_collections
 
@@ -126,6 +119,8 @@ def test_aot_check_compiles_the_mar_train_step_from_a_continuous_token_spec():
     config.tokens = dict(num_tokens=64, latent_dim=4)  # the digits KL tokenizer's 8x8 x 4
     report = compile_target(generator_train_target(config), (2, 1, 1))
     assert report.flops > 0 and report.device_count == 2
-    config.tokens = dict(num_tokens=64, vocab_size=256)  # a discrete spec: MAR refuses it
+    # a discrete tokenizer (what family.build sees in train_generator / load_generator, here
+    # its AOT stand-in): MAR refuses it
+    config.tokens = dict(num_tokens=64, vocab_size=256)
     with pytest.raises(ValueError, match="MAR needs a continuous"):
         generator_train_target(config)
