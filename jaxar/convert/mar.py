@@ -339,7 +339,7 @@ def write_mar_workdir(
 
     tokenizer = load_tokenizer(tokenizer_workdir)
     tok = tokenizer.config
-    if not getattr(tok, "continuous", False):
+    if not tok.continuous:
         raise ValueError(
             f"MAR needs a continuous (kl) tokenizer, {tokenizer_workdir} has quantizer "
             f"{tok.quantizer!r}"

@@ -17,7 +17,6 @@ a user-given ``codes_dir`` the run stops with ``StaleCodesError`` naming what di
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -29,11 +28,9 @@ from jax.sharding import PartitionSpec as P
 from jaxar.data.codes import INDEX_FILE, LATENT_DTYPES, code_dtype, make_codes_dataset, read_json
 from jaxar.data.extract import StaleCodesError, extract_split, make_plan
 from jaxar.paths import PathLike, join, resolve
-from jaxar.recipes.codes import flatten_codes
 from jaxar.recipes.experiment import generator_experiment
 from jaxar.recipes.images import check_data_config, image_source
-from jaxar.recipes.tokenizer import LoadedTokenizer
-from jaxar.tokenizers.autoencoder import Tokenizer
+from jaxar.recipes.tokenizer import LoadedTokenizer, encode_flat
 
 __all__ = [
     "StaleCodesError",
@@ -92,12 +89,6 @@ def _image_shape(data: dict[str, Any]) -> tuple[int, int, int]:
     return data["image_size"], data["image_size"], data["channels"]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _encode(module: Tokenizer, variables: dict, images: jax.Array, scale) -> jax.Array:
-    codes = flatten_codes(module.apply(variables, images, method=Tokenizer.encode_to_codes))
-    return codes if scale is None else codes * scale
-
-
 def local_encoder(tokenizer: LoadedTokenizer):
     """``images float32 [B,S,S,C] -> numpy codes`` (scaled float32 latents for a continuous
     tokenizer), jitted and batch-sharded over this process's devices (B must divide by their
@@ -112,7 +103,7 @@ def local_encoder(tokenizer: LoadedTokenizer):
 
     def encode(images: np.ndarray) -> np.ndarray:
         images = jax.device_put(images, batch_sharding)
-        return np.asarray(_encode(tokenizer.module, variables, images, scale))
+        return np.asarray(encode_flat(tokenizer.module, variables, images, scale))
 
     return encode, len(devices)
 

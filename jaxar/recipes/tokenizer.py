@@ -64,12 +64,12 @@ def measure_latent_scale(tokenizer: LoadedTokenizer, images: Any, batch_size: in
     ``images`` (float [N,H,W,C] in [-1,1] or batches of them): scaled latents have unit
     variance per channel, which is what MAR's diffusion head assumes (MAR: one scalar, 0.2325
     for KL-16)."""
-    total = total_sq = None
+    total, total_sq = np.zeros((2, tokenizer.latent_dim), np.float64)
     count = 0
     for batch in _image_batches(images, batch_size):
         latents = np.asarray(tokenizer.encode(batch), np.float64).reshape(-1, tokenizer.latent_dim)
-        total = latents.sum(0) + (0 if total is None else total)
-        total_sq = np.square(latents).sum(0) + (0 if total_sq is None else total_sq)
+        total += latents.sum(0)
+        total_sq += np.square(latents).sum(0)
         count += len(latents)
     if not count:
         raise ValueError("measure_latent_scale got no images")
@@ -190,8 +190,8 @@ class LoadedTokenizer:
     def encode(self, images: jax.Array) -> jax.Array:
         """Images float [B,H,W,C] in [-1,1] -> flat codes (``jaxar.recipes.codes``); for a
         continuous tokenizer float32 latents [B, h*w, D] times ``latent_scale``."""
-        codes = _encode(self.module, self.variables, jnp.asarray(images, jnp.float32))
-        return codes * self.encode_scale if self.config.continuous else codes
+        scale = self.encode_scale if self.config.continuous else None
+        return encode_flat(self.module, self.variables, jnp.asarray(images, jnp.float32), scale)
 
     def decode(self, flat_codes: jax.Array) -> jax.Array:
         """Flat codes (scaled latents) -> images float [B,H,W,C] in [-1,1]. Traceable."""
@@ -226,8 +226,10 @@ class LoadedTokenizer:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _encode(module: Tokenizer, variables: dict, images: jax.Array) -> jax.Array:
-    return flatten_codes(module.apply(variables, images, method=Tokenizer.encode_to_codes))
+def encode_flat(module: Tokenizer, variables: dict, images: jax.Array, scale=None) -> jax.Array:
+    """Images -> flat codes (``jaxar.recipes.codes``), latents times ``scale`` when given."""
+    codes = flatten_codes(module.apply(variables, images, method=Tokenizer.encode_to_codes))
+    return codes if scale is None else codes * scale
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
